@@ -1,0 +1,232 @@
+"""Run configuration: dataclasses that round-trip through ``config.toml``.
+
+A config has four sections: ``[data]``, ``[tokenizer]`` (``plugin`` + that plugin's params),
+``[model]`` (``plugin`` + params) and ``[train]``. Unknown keys and out-of-range values are
+errors that name the key. Plugin params are validated against the plugin's params dataclass
+(see :func:`validate_plugins`), the same dataclass the GUI builds its forms from.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import tomli_w
+
+from .errors import ConfigError, ParamError
+from .params import build_params, coerce, param, param_infos, params_to_dict
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+if TYPE_CHECKING:
+    from .registry import PluginRegistry
+
+
+@dataclass
+class DataConfig:
+    files: list[str] = param([], help="Text files or folders (.txt, .md, ...); empty = the demo corpus")
+    val_fraction: float = param(0.1, min=0.0, max=0.5, step=0.01, help="Share of the corpus held out for validation")
+    val_split: str = param("end", choices=("end", "start"), help="Where the validation slice is cut from")
+
+
+@dataclass
+class TrainConfig:
+    device: str = param("auto", choices=("auto", "cpu", "cuda", "mps"), help="auto = CUDA, then Apple MPS, then CPU")
+    dtype: str = param("auto", choices=("auto", "float32", "bfloat16", "float16"),
+                       help="Autocast precision; auto = bf16 where the hardware supports it")
+    batch_size: int = param(12, min=1, max=4096, help="Sequences per optimiser step")
+    grad_accum: int = param(1, min=1, max=1024, help="Micro-batches accumulated per step")
+    max_steps: int = param(2000, min=1, max=10_000_000, help="Optimiser steps to train for")
+    optimizer: str = param("adamw", choices=("adamw", "muon"),
+                           help="muon = Muon for weight matrices, AdamW for the rest")
+    learning_rate: float = param(1e-3, min=1e-7, max=10.0, log_scale=True, help="Peak AdamW learning rate")
+    min_lr: float = param(1e-4, min=0.0, max=10.0, log_scale=True, help="Learning rate at the end of the decay")
+    muon_lr: float = param(0.02, min=1e-5, max=10.0, log_scale=True, help="Peak Muon learning rate (muon only)")
+    schedule: str = param("cosine", choices=("cosine", "linear", "constant", "wsd"),
+                          help="Decay after warmup; wsd = constant then a linear warmdown")
+    warmup_steps: int = param(100, min=0, max=1_000_000, help="Linear warmup steps")
+    warmdown_fraction: float = param(0.4, min=0.0, max=1.0, help="Share of steps spent in the final decay (wsd)")
+    weight_decay: float = param(0.1, min=0.0, max=10.0, help="AdamW weight decay on matrices")
+    beta1: float = param(0.9, min=0.0, max=0.9999)
+    beta2: float = param(0.99, min=0.0, max=0.99999)
+    grad_clip: float = param(1.0, min=0.0, max=1000.0, help="Clip the gradient norm; 0 = off")
+    eval_interval: int = param(250, min=1, max=10_000_000, help="Steps between validations")
+    eval_batches: int = param(20, min=1, max=100_000, help="Batches averaged per validation")
+    log_interval: int = param(10, min=1, max=1_000_000, help="Steps between metrics lines")
+    checkpoint_interval: int = param(0, min=0, max=10_000_000,
+                                     help="Steps between checkpoints; 0 = at each validation")
+    sample_tokens: int = param(120, min=0, max=10_000, help="Tokens generated as a sample at each validation")
+    seed: int = param(1337, min=0, max=2**31 - 1)
+    compile: bool = param(False, help="torch.compile the model (pays off on long runs)")
+    threads: int = param(0, min=0, max=1024, help="CPU threads; 0 = PyTorch's default")
+
+
+@dataclass
+class PluginChoice:
+    """Which plugin to use and its params (validated later against the plugin's dataclass)."""
+
+    plugin: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _default_tokenizer() -> PluginChoice:
+    return PluginChoice("char")
+
+
+def _default_model() -> PluginChoice:
+    return PluginChoice("gpt")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: PluginChoice = field(default_factory=_default_tokenizer)
+    model: PluginChoice = field(default_factory=_default_model)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "data": params_to_dict(self.data),
+            "tokenizer": {"plugin": self.tokenizer.plugin, **self.tokenizer.params},
+            "model": {"plugin": self.model.plugin, **self.model.params},
+            "train": params_to_dict(self.train),
+        }
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+SECTIONS = ("data", "tokenizer", "model", "train")
+
+
+def config_from_dict(raw: Mapping[str, Any], source: str = "config") -> RunConfig:
+    """Build a RunConfig from parsed TOML; plugin params stay raw until :func:`validate_plugins`."""
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown section [{unknown[0]}] (sections: {', '.join(SECTIONS)})")
+    try:
+        data = build_params(DataConfig, raw.get("data", {}), "data")
+        train = build_params(TrainConfig, raw.get("train", {}), "train")
+    except ParamError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    choices = {}
+    for section, default in (("tokenizer", "char"), ("model", "gpt")):
+        body = dict(raw.get(section, {}))
+        plugin = body.pop("plugin", default)
+        if not isinstance(plugin, str) or not plugin:
+            raise ConfigError(f"{source}: {section}.plugin must be a plugin name")
+        choices[section] = PluginChoice(plugin, body)
+    return RunConfig(data=data, tokenizer=choices["tokenizer"], model=choices["model"], train=train)
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """``section.key=value`` → (section, key, raw value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    path, value = text.split("=", 1)
+    parts = path.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.max_steps=500")
+    if parts[0] not in SECTIONS:
+        raise ConfigError(f"--set {text!r}: unknown section {parts[0]!r} (sections: {', '.join(SECTIONS)})")
+    return parts[0], parts[1], value.strip()
+
+
+def _parse_toml_value(raw: str) -> Any:
+    """Read a --set value as TOML if it parses (numbers, booleans, lists), else as a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of the raw TOML mapping with ``--set`` overrides applied."""
+    out = {k: dict(v) for k, v in raw.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        out.setdefault(section, {})[key] = _parse_toml_value(value)
+    return out
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a config TOML (or start from defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: cannot read config ({exc})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML ({exc})") from None
+    bad = [k for k, v in raw.items() if not isinstance(v, dict)]
+    if bad:
+        raise ConfigError(f"{source}: {bad[0]} must be a [section]")
+    return config_from_dict(apply_overrides(raw, overrides), source)
+
+
+def merge_config(base: RunConfig, raw: Mapping[str, Any], source: str = "preset") -> RunConfig:
+    """Overlay a (partial) raw mapping, e.g. a preset without [data], on an existing config."""
+    merged = base.to_dict()
+    for section, body in raw.items():
+        if section in ("tokenizer", "model") and "plugin" in body and body["plugin"] != merged[section]["plugin"]:
+            merged[section] = {}  # another plugin: the old plugin's params do not apply
+        merged.setdefault(section, {}).update(body)
+    return config_from_dict(merged, source)
+
+
+def load_preset(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    """Apply a preset TOML (sections [tokenizer], [model], [train]; no [data]) to ``base``."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read preset ({exc})") from None
+    return merge_config(base or RunConfig(), raw, str(p))
+
+
+def validate_plugins(config: RunConfig, registry: "PluginRegistry") -> tuple[Any, Any]:
+    """Check that the plugins exist and their params are valid; return the params instances."""
+    tok_spec = registry.tokenizer(config.tokenizer.plugin)
+    model_spec = registry.model(config.model.plugin)
+    try:
+        tok_params = build_params(tok_spec.params, config.tokenizer.params, "tokenizer")
+        model_params = build_params(model_spec.params, config.model.params, "model")
+    except ParamError as exc:
+        raise ConfigError(str(exc)) from None
+    return tok_params, model_params
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    from .runs import atomic_write_text  # local import: runs imports config
+
+    atomic_write_text(Path(path), config.to_toml())
+
+
+def field_infos(section: str):
+    """ParamInfos of a fixed section (data or train), for forms."""
+    return param_infos({"data": DataConfig, "train": TrainConfig}[section])
+
+
+def set_field(obj: Any, name: str, value: Any, where: str) -> Any:
+    """Validated in-place update of one field of DataConfig/TrainConfig (for GUI forms)."""
+    info = next((i for i in param_infos(type(obj)) if i.name == name), None)
+    if info is None:
+        raise ParamError(f"{where}.{name}: unknown key")
+    setattr(obj, name, coerce(info, value, where))
+    return obj
+
+
+def copy_config(config: RunConfig) -> RunConfig:
+    return config_from_dict(config.to_dict(), "copy")
+

@@ -1,0 +1,107 @@
+"""The tokenizer every part of the app talks to: a thin wrapper over a Hugging Face tokenizer.
+
+All tokenizer plugins return this type, so a run's tokenizer is always one ``tokenizer.json``
+in the standard Hugging Face format, loadable by any tool that reads that format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from .errors import TokenizerError
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token of a text: its ID, its string as shown to the user, and its character span."""
+
+    id: int
+    text: str  # the characters of the original text it covers (what the user sees)
+    start: int  # character offsets into the text, end exclusive
+    end: int
+
+
+class Tokenizer:
+    """Encode/decode with offsets over a ``tokenizers.Tokenizer``."""
+
+    def __init__(self, hf: HFTokenizer, kind: str = "custom") -> None:
+        self.hf = hf
+        self.kind = kind  # the plugin that made it, for display
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_with_offsets(self, text: str) -> list[Token]:
+        enc = self.hf.encode(text, add_special_tokens=False)
+        return [Token(i, text[s:e], s, e) for i, (s, e) in zip(enc.ids, enc.offsets)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=False)
+
+    def token_string(self, token_id: int) -> str:
+        """The text a single token decodes to (e.g. 'ing', ' the', '\\n')."""
+        return self.hf.decode([token_id], skip_special_tokens=False)
+
+    def token_strings(self) -> list[str]:
+        return [self.token_string(i) for i in range(self.vocab_size)]
+
+    @property
+    def unk_id(self) -> int | None:
+        for name in ("<unk>", "[UNK]", "<|unk|>"):
+            tid = self.hf.token_to_id(name)
+            if tid is not None:
+                return tid
+        return None
+
+    def to_json(self) -> str:
+        return self.hf.to_str()
+
+    def save(self, path: str | Path) -> None:
+        """Write ``tokenizer.json`` atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tokenizer-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(self.to_json())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path, kind: str = "file") -> "Tokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise TokenizerError(f"{path}: tokenizer file not found")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TokenizerError(f"{path}: cannot read tokenizer ({exc})") from None
+        return cls.from_json(text, kind=kind, source=str(path))
+
+    @classmethod
+    def from_json(cls, text: str, kind: str = "file", source: str = "tokenizer.json") -> "Tokenizer":
+        try:
+            json.loads(text)
+            hf = HFTokenizer.from_str(text)
+        except Exception as exc:  # tokenizers raises plain Exception subclasses
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TokenizerError(f"{source}: not a valid tokenizer.json ({first})") from None
+        return cls(hf, kind=kind)
