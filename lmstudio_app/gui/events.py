@@ -19,5 +19,6 @@ class AppEvents(QObject):
     training_step = Signal(object)  # StepMetrics, at most every log_interval steps
     training_finished = Signal(str)  # the reason: "finished", "stopped", or an error message
     model_updated = Signal()  # the live model's weights changed enough to refresh predictions
+    prompt_changed = Signal(str)  # the predictions panel's prompt (the pipeline view follows it)
     status_message = Signal(str)  # a transient status-bar message
     error = Signal(str, str)  # (one-line message, details/traceback) → error dialog

@@ -1,0 +1,8 @@
+"""``python -m lmstudio_app``: the same as the ``lmstudio`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

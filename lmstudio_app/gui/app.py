@@ -1,0 +1,82 @@
+"""Start the desktop app: ``lmstudio`` with no arguments (or ``python -m lmstudio_app``).
+
+Opens the main window on the bundled demo corpus with settings that train in about a minute on
+a CPU, so the first launch is one click away from watching a model learn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from PySide6.QtCore import QCoreApplication, Qt
+from PySide6.QtGui import QGuiApplication, QIcon
+from PySide6.QtWidgets import QApplication
+
+from .. import __version__
+from ..errors import LMStudioError
+from ..registry import PluginRegistry
+from ..resources import resource_path
+from ..session import Session
+from ..settings import disabled_plugins
+from . import dialogs, theme
+
+APP_NAME = "lmstudio"
+ORGANIZATION = "lmstudio_app"
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lmstudio", description="Open the lmstudio desktop app.")
+    parser.add_argument("--plugins-dir", action="append", default=[], metavar="DIR",
+                        help="also load plugins from this folder (repeatable)")
+    # Qt's own options (-platform, -style, ...) pass through untouched.
+    args, _ = parser.parse_known_args(list(argv))
+    return args
+
+
+def create_application(argv: Sequence[str]) -> QApplication:
+    """The QApplication with its name, icon and theme (reuses a running one, e.g. in tests)."""
+    app = QApplication.instance()
+    if app is None:
+        QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+        app = QApplication([sys.argv[0] if sys.argv else APP_NAME, *argv])
+    QCoreApplication.setApplicationName(APP_NAME)
+    QCoreApplication.setOrganizationName(ORGANIZATION)
+    QCoreApplication.setApplicationVersion(__version__)
+    icon_path = resource_path("icon.png")
+    if icon_path.exists():
+        app.setWindowIcon(QIcon(str(icon_path)))
+    theme.apply_theme()
+    return app  # type: ignore[return-value]
+
+
+def main(argv: Sequence[str] | None = None, plugins_dirs: Sequence[str] = ()) -> int:
+    """Run the app until its window closes; returns the exit status.
+
+    ``argv`` are command-line arguments (``--plugins-dir DIR``); ``plugins_dirs`` lets the CLI
+    pass folders it already parsed.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(arguments)
+    app = create_application(arguments)
+    hook = dialogs.ExceptionHook(lambda: QApplication.activeWindow()).install()
+    try:
+        registry = PluginRegistry.discover([*plugins_dirs, *args.plugins_dir], disabled=disabled_plugins())
+        session = Session(registry)
+    except LMStudioError as exc:  # e.g. a --plugins-dir that does not exist
+        dialogs.show_exception(None, exc)
+        hook.uninstall()
+        return 1
+    from .main_window import MainWindow  # after the QApplication: panels build widgets on import
+
+    window = MainWindow(session)
+    window.show()
+    try:
+        return int(app.exec())
+    finally:
+        hook.uninstall()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Choose a model plugin and its size, and see what it will cost before training it.
+
+The settings form is generated from the plugin's params dataclass; every valid change goes to
+``session.set_model``. The summary (parameters, FLOPs per token, memory, time per step) comes
+from ``session.model_preview()``, which builds the model on the meta device and may time a
+matmul once, so it runs on the thread pool, debounced, with only the newest answer shown.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
+
+from ..errors import LMStudioError
+from ..params import params_to_dict
+from ..session import ModelPreview, Session
+from .dialogs import describe_exception
+from .events import AppEvents
+from .param_form import ParamForm
+from .worker import run_in_thread
+
+PREVIEW_DEBOUNCE_MS = 300
+_ERROR_STYLE = "color: #d0312d;"
+
+
+def format_count(n: float) -> str:
+    """1234567 → '1,234,567 (1.23 M)'."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{int(n):,} ({n / scale:.3g} {suffix})"
+    return f"{int(n):,}"
+
+
+def format_flops(flops: float) -> str:
+    for scale, suffix in ((1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1e3, "kFLOP")):
+        if flops >= scale:
+            return f"{flops / scale:.3g} {suffix}"
+    return f"{flops:.3g} FLOP"
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return f"{seconds * 1000:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
+class ModelPanel(QWidget):
+    """Model plugin + generated settings form + a live size/cost summary."""
+
+    preview_ready = Signal(object)  # the ModelPreview now shown
+
+    def __init__(self, session: Session, events: AppEvents, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.events = events
+        self.form: ParamForm | None = None
+        self._preview: ModelPreview | None = None
+        self._request_id = 0
+        self._in_flight = False
+        self._pending = False
+        self._emitting = False
+
+        self.plugin_combo = QComboBox()
+        for name, spec in session.registry.models().items():
+            self.plugin_combo.addItem(name, name)
+            self.plugin_combo.setItemData(self.plugin_combo.count() - 1, spec.description,
+                                          Qt.ItemDataRole.ToolTipRole)
+        self.description_label = QLabel()
+        self.description_label.setWordWrap(True)
+        self.form_box = QVBoxLayout()
+        self.error_label = QLabel()
+        self.error_label.setStyleSheet(_ERROR_STYLE)
+        self.error_label.setWordWrap(True)
+        self.error_label.hide()
+
+        self.parameters_label = QLabel("—")
+        self.non_embedding_label = QLabel("—")
+        self.flops_label = QLabel("—")
+        self.context_label = QLabel("—")
+        self.memory_label = QLabel("—")
+        self.step_time_label = QLabel("—")
+        for label in (self.parameters_label, self.non_embedding_label, self.flops_label, self.context_label,
+                      self.memory_label, self.step_time_label):
+            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.memory_label.setToolTip("Weights, gradients, optimiser state and the activations of one batch")
+        self.step_time_label.setToolTip("Estimated from the model's FLOPs and this device's measured speed")
+
+        settings = QGroupBox("Model")
+        settings_layout = QVBoxLayout(settings)
+        settings_layout.addWidget(self.plugin_combo)
+        settings_layout.addWidget(self.description_label)
+        settings_layout.addLayout(self.form_box)
+        settings_layout.addWidget(self.error_label)
+        summary = QGroupBox("Summary")
+        rows = QFormLayout(summary)
+        rows.addRow("Parameters", self.parameters_label)
+        rows.addRow("Without embeddings", self.non_embedding_label)
+        rows.addRow("FLOPs per token (training)", self.flops_label)
+        rows.addRow("Context length", self.context_label)
+        rows.addRow("Estimated memory", self.memory_label)
+        rows.addRow("Estimated time per step", self.step_time_label)
+        layout = QVBoxLayout(self)
+        layout.addWidget(settings)
+        layout.addWidget(summary)
+        layout.addStretch(1)
+
+        self._debounce = QTimer(self, singleShot=True, interval=PREVIEW_DEBOUNCE_MS)
+        self._debounce.timeout.connect(self._start_preview)
+        self.plugin_combo.currentIndexChanged.connect(self._on_plugin_chosen)
+        events.model_config_changed.connect(self._on_config_changed)
+        events.train_config_changed.connect(self.refresh_preview)
+        events.tokenizer_changed.connect(self.refresh_preview)
+        self.sync_from_session()
+
+    # ----- public API ----------------------------------------------------------------------
+
+    def plugin(self) -> str:
+        return str(self.plugin_combo.currentData())
+
+    def preview(self) -> ModelPreview | None:
+        """The summary currently shown (None before the first one or after an error)."""
+        return self._preview
+
+    def is_busy(self) -> bool:
+        return self._in_flight or self._pending or self._debounce.isActive()
+
+    def refresh_preview(self, *_args: Any) -> None:
+        self._debounce.start()
+
+    def sync_from_session(self) -> None:
+        """Show the session's model choice and params (after a preset or a loaded run)."""
+        choice = self.session.config.model
+        index = self.plugin_combo.findData(choice.plugin)
+        self.plugin_combo.blockSignals(True)
+        self.plugin_combo.setCurrentIndex(max(index, 0))
+        self.plugin_combo.blockSignals(False)
+        self._build_form(choice.params if index >= 0 else {})
+        self.refresh_preview()
+
+    # ----- settings ------------------------------------------------------------------------
+
+    def _build_form(self, values: dict[str, Any]) -> None:
+        spec = self.session.registry.models()[self.plugin()]
+        self.description_label.setText(spec.description)
+        if self.form is not None:
+            self.form.setParent(None)
+            self.form.deleteLater()
+        try:
+            self.form = ParamForm(spec.params, values, where="model")
+        except LMStudioError as exc:
+            self.form = ParamForm(spec.params, where="model")
+            self._show_error(str(exc))
+        self.form.changed.connect(self._apply_settings)
+        self.form_box.addWidget(self.form)
+
+    def _on_plugin_chosen(self) -> None:
+        self._build_form({})
+        self._apply_settings()
+
+    def _apply_settings(self) -> None:
+        if self.form is None:
+            return
+        try:
+            self.session.set_model(self.plugin(), self.form.values())
+        except LMStudioError as exc:
+            self._show_error(str(exc))
+            return
+        self._show_error("")
+        self._emitting = True
+        try:
+            self.events.model_config_changed.emit()
+        finally:
+            self._emitting = False
+        self.refresh_preview()
+
+    def _on_config_changed(self) -> None:
+        if self._emitting:
+            return
+        choice = self.session.config.model
+        current = params_to_dict(self.form.params()) if self.form and not self.form.error() else None
+        if choice.plugin != self.plugin() or current != choice.params:
+            self.sync_from_session()
+        else:
+            self.refresh_preview()
+
+    def _show_error(self, text: str) -> None:
+        self.error_label.setText(text)
+        self.error_label.setVisible(bool(text))
+
+    # ----- preview ---------------------------------------------------------------------------
+
+    def _start_preview(self) -> None:
+        if self._in_flight:
+            self._pending = True
+            return
+        self._pending = False
+        if self.form is not None and self.form.error():
+            return  # the form already says what is wrong; the session still has the last valid model
+        self._request_id += 1
+        self._in_flight = True
+        had_tokenizer = self.session.tokenizer is not None
+        run_in_thread(self._preview_job(self._request_id, had_tokenizer), self._on_preview, self._on_preview_error)
+
+    def _preview_job(self, request_id: int, had_tokenizer: bool) -> Callable[..., tuple]:
+        session = self.session
+
+        def job(_report: Any, _cancelled: Any) -> tuple:
+            try:
+                return request_id, had_tokenizer, session.model_preview(), None
+            except LMStudioError as exc:
+                return request_id, had_tokenizer, None, str(exc)
+
+        return job
+
+    def _on_preview(self, outcome: tuple) -> None:
+        request_id, had_tokenizer, preview, problem = outcome
+        self._in_flight = False
+        if not had_tokenizer and self.session.tokenizer is not None:
+            self.events.tokenizer_changed.emit()  # model_preview built it to learn the vocabulary size
+        if request_id == self._request_id and not self._pending:
+            if problem is not None:
+                self._preview = None
+                self._show_error(problem)
+                self._set_summary(None)
+            else:
+                self._show_error("")
+                self._preview = preview
+                self._set_summary(preview)
+                self.preview_ready.emit(preview)
+        if self._pending:
+            self._start_preview()
+
+    def _on_preview_error(self, exc: BaseException, details: str) -> None:
+        self._in_flight = False
+        self.events.error.emit(describe_exception(exc), details)
+        if self._pending:
+            self._start_preview()
+
+    def _set_summary(self, preview: ModelPreview | None) -> None:
+        if preview is None:
+            for label in (self.parameters_label, self.non_embedding_label, self.flops_label, self.context_label,
+                          self.memory_label, self.step_time_label):
+                label.setText("—")
+            return
+        self.parameters_label.setText(format_count(preview.parameters))
+        self.non_embedding_label.setText(format_count(preview.non_embedding_parameters))
+        self.flops_label.setText(format_flops(preview.flops_per_token))
+        self.context_label.setText(f"{preview.context_length:,} tokens")
+        self.memory_label.setText(f"{preview.memory_bytes / 1e6:,.1f} MB")
+        self.step_time_label.setText(f"{format_seconds(preview.seconds_per_step)} on {preview.device}")

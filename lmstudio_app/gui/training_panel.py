@@ -1,0 +1,409 @@
+"""The Training dock: device, settings, presets, start/pause/resume/stop, progress and plots.
+
+The panel owns the :class:`~lmstudio_app.gui.worker.TrainingRunner`; the main window's
+Training menu calls the same public methods the buttons do. Preparing a run (tokenizing,
+building the model) happens on the thread pool, so the window never freezes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QFontDatabase
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..config import TrainConfig, load_config
+from ..devices import available_devices, describe_device, resolve_device
+from ..errors import Cancelled, ConfigError, LMStudioError
+from ..params import params_to_dict
+from ..resources import list_presets
+from ..session import Session
+from ..tokenizer import Tokenizer
+from ..training import StepMetrics, Trainer
+from . import dialogs
+from .events import AppEvents
+from .loss_plot import LossPlot
+from .param_form import ParamForm
+from .worker import BackgroundTask, TrainingRunner, run_in_thread
+
+IDLE, PREPARING, RUNNING, PAUSED = "idle", "preparing", "running", "paused"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(int(round(seconds)), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+class TrainingPanel(QWidget):
+    def __init__(self, session: Session, events: AppEvents, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.events = events
+        self.runner = TrainingRunner(self)
+        self.state = IDLE
+        self._first_step: tuple[int, float] | None = None  # (step, elapsed) of this session's first step
+        self._preparing_task: BackgroundTask | None = None
+        self._announcing = False
+
+        self.device_combo = QComboBox()
+        self.device_combo.setObjectName("deviceCombo")
+        for name in available_devices():
+            label = name if name == "auto" else f"{name} — {describe_device(resolve_device(name))}"
+            self.device_combo.addItem(label, name)
+        self.device_combo.currentIndexChanged.connect(self._on_device_chosen)
+        self.preset_combo = QComboBox()
+        self.preset_combo.setObjectName("presetCombo")
+        self.preset_combo.addItem("Choose a preset…", None)
+        for name in list_presets():
+            self.preset_combo.addItem(name, name)
+        self.preset_combo.activated.connect(self._on_preset_chosen)
+
+        self.form = ParamForm(TrainConfig, params_to_dict(session.config.train), where="train")
+        self.form.setObjectName("trainForm")
+        self._hide_form_row("device")  # the device combo above replaces it (with descriptions)
+        self.form.changed.connect(self._on_form_changed)
+        form_scroll = QScrollArea()
+        form_scroll.setWidgetResizable(True)
+        form_scroll.setWidget(self.form)
+
+        self.start_button = self._button("Start", "startButton", self.start_training)
+        self.pause_button = self._button("Pause", "pauseButton", self.pause_training)
+        self.resume_button = self._button("Resume", "resumeButton", self.resume_training)
+        self.stop_button = self._button("Stop", "stopButton", self.stop_training)
+        self.save_button = self._button("Save checkpoint", "saveCheckpointButton", self.save_checkpoint)
+        self.resume_run_button = self._button("Resume run…", "resumeRunButton", self.choose_run_to_resume)
+        self.resume_run_button.setToolTip(
+            "Continue a saved run up to the larger of its max steps and the Max steps set here")
+
+        self.progress = QProgressBar()
+        self.progress.setObjectName("trainingProgress")
+        self.progress.setFormat("step %v / %m")
+        self.rate_label = QLabel("Not started")
+        self.rate_label.setObjectName("rateLabel")
+        self.loss_plot = LossPlot()
+        self.samples = QPlainTextEdit()
+        self.samples.setObjectName("samplesBox")
+        self.samples.setReadOnly(True)
+        self.samples.setMaximumBlockCount(2000)
+        self.samples.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.samples.setPlaceholderText("A sample of generated text appears at each evaluation.")
+
+        top = QFormLayout()
+        top.addRow("Device", self.device_combo)
+        top.addRow("Preset", self.preset_combo)
+        settings_box = QGroupBox("Settings")
+        settings_layout = QVBoxLayout(settings_box)
+        settings_layout.addLayout(top)
+        settings_layout.addWidget(form_scroll, 1)
+
+        buttons = QHBoxLayout()
+        for button in (self.start_button, self.pause_button, self.resume_button, self.stop_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.save_button)
+        buttons.addWidget(self.resume_run_button)
+
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.addLayout(buttons)
+        right_layout.addWidget(self.progress)
+        right_layout.addWidget(self.rate_label)
+        plots = QSplitter(Qt.Orientation.Vertical)
+        plots.addWidget(self.loss_plot)
+        plots.addWidget(self.samples)
+        plots.setStretchFactor(0, 3)
+        plots.setStretchFactor(1, 1)
+        right_layout.addWidget(plots, 1)
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(settings_box)
+        splitter.addWidget(right)
+        splitter.setStretchFactor(1, 3)
+        layout = QVBoxLayout(self)
+        layout.addWidget(splitter)
+
+        self.runner.step.connect(self._on_step)
+        self.runner.finished.connect(self._on_finished)
+        self.runner.failed.connect(self._on_failed)
+        self.events.train_config_changed.connect(self.refresh_from_session)
+        self.refresh_from_session()
+        self._set_state(IDLE)
+
+    # ---- public actions (buttons and menu) --------------------------------------------------
+
+    def start_training(self) -> None:
+        """Commit the settings, then tokenize and build the run in the background and start it."""
+        if self.state != IDLE:
+            return
+        if not self._commit_settings():
+            return
+        tokenizer_before = self.session.tokenizer
+        self._begin_preparing("Preparing: tokenizing the corpus and building the model…")
+        task = run_in_thread(
+            lambda report, cancelled: self.session.create_trainer(),
+            on_done=lambda trainer: self._launch(task, trainer, tokenizer_before),
+            on_error=lambda exc, details: self._on_prepare_failed(task, exc, details),
+        )
+        self._preparing_task = task
+
+    def resume_run(self, run_dir: str | Path) -> None:
+        """Continue a saved run (its config, weights and optimiser state) in the background."""
+        if self.state != IDLE:
+            return
+        run_dir = Path(run_dir)
+        try:
+            saved = load_config(run_dir / "config.toml")
+        except ConfigError as exc:
+            dialogs.show_exception(self, exc)
+            return
+        wanted = self.form.values().get("max_steps") or 0
+        overrides = {"max_steps": wanted} if wanted > saved.train.max_steps else {}
+        self._begin_preparing(f"Resuming {run_dir.name}…")
+        task = run_in_thread(
+            lambda report, cancelled: self.session.resume_trainer(run_dir, overrides),
+            on_done=lambda trainer: self._launch(task, trainer, None, resumed=True),
+            on_error=lambda exc, details: self._on_prepare_failed(task, exc, details),
+        )
+        self._preparing_task = task
+
+    def choose_run_to_resume(self) -> None:
+        from ..settings import default_runs_dir
+
+        folder = QFileDialog.getExistingDirectory(self, "Resume run", str(default_runs_dir()))
+        if folder:
+            self.resume_run(folder)
+
+    def pause_training(self) -> None:
+        if self.state == RUNNING:
+            self.runner.pause()
+            self._set_state(PAUSED)
+            self.events.training_paused.emit()
+
+    def resume_training(self) -> None:
+        if self.state == PAUSED:
+            self.runner.resume()
+            self._set_state(RUNNING)
+            self.events.training_resumed.emit()
+
+    def toggle_pause(self) -> None:
+        if self.state == RUNNING:
+            self.pause_training()
+        elif self.state == PAUSED:
+            self.resume_training()
+
+    def stop_training(self) -> None:
+        """Ask the trainer to stop after the current step; it saves a final checkpoint."""
+        if self.state in (RUNNING, PAUSED):
+            self.runner.resume()
+            self.runner.stop()
+            self.rate_label.setText("Stopping after this step…")
+
+    def stop_and_wait(self, timeout_ms: int = -1) -> bool:
+        """Stop a running trainer and block until its thread ended (used when closing)."""
+        if self._preparing_task is not None:  # a run still being prepared is never launched
+            self._preparing_task.cancel()
+            self._preparing_task = None
+            self._set_state(IDLE)
+        return self.runner.stop_and_wait(timeout_ms)
+
+    def is_training(self) -> bool:
+        return self.state in (PREPARING, RUNNING, PAUSED)
+
+    def save_checkpoint(self) -> None:
+        trainer = self.session.trainer
+        if trainer is None:
+            return
+
+        def save(report, cancelled):
+            with trainer.lock:  # between two optimisation steps
+                return trainer.save_checkpoint()
+
+        run_in_thread(save, on_done=lambda path: self.events.status_message.emit(f"Checkpoint saved: {path}"),
+                      on_error=lambda exc, details: dialogs.show_exception(self, exc, details or None))
+
+    def refresh_from_session(self) -> None:
+        """Show the session's train settings (after a preset, a loaded run, a resumed run)."""
+        if self._announcing:
+            return
+        train = self.session.config.train
+        self.form.set_values(params_to_dict(train))
+        index = self.device_combo.findData(train.device)
+        self.device_combo.blockSignals(True)
+        self.device_combo.setCurrentIndex(index if index >= 0 else 0)
+        self.device_combo.blockSignals(False)
+
+    # ---- preparing and launching -----------------------------------------------------------
+
+    def _begin_preparing(self, message: str) -> None:
+        self._set_state(PREPARING)
+        self.rate_label.setText(message)
+        self.progress.setRange(0, 0)  # busy indicator until the first step
+
+    def _launch(self, task: BackgroundTask, trainer: Trainer, tokenizer_before: Tokenizer | None,
+                resumed: bool = False) -> None:
+        if task is not self._preparing_task:  # abandoned (the window is closing)
+            return
+        self._preparing_task = None
+        if self.session.tokenizer is not tokenizer_before:
+            self.events.tokenizer_changed.emit()
+        if self.session.corpus is not None:
+            self.events.corpus_tokenized.emit()
+        if resumed:
+            self.refresh_from_session()
+            self.events.train_config_changed.emit()
+        self.loss_plot.clear()
+        self._load_history(trainer)
+        self.samples.clear()
+        self._first_step = None
+        self.progress.setRange(0, trainer.config.train.max_steps)
+        self.runner.start(trainer)
+        self._set_state(RUNNING)
+        self.events.training_started.emit()
+        self.events.status_message.emit(f"Training in {trainer.run.path}")
+
+    def _load_history(self, trainer: Trainer) -> None:
+        """A resumed run shows its earlier curve too."""
+        try:
+            records = trainer.run.read_metrics()
+        except LMStudioError:
+            return
+        for record in records:
+            self.loss_plot.add_point(record.get("step", 0), record.get("train_loss"), record.get("lr"),
+                                     record.get("val_loss"))
+
+    def _on_prepare_failed(self, task: BackgroundTask, exc: BaseException, details: str) -> None:
+        if task is not self._preparing_task:
+            return
+        self._preparing_task = None
+        self._set_state(IDLE)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        if isinstance(exc, Cancelled):
+            self.rate_label.setText(str(exc))
+            return
+        self.rate_label.setText("Could not start")
+        dialogs.show_exception(self, exc, None if isinstance(exc, LMStudioError) else details)
+
+    # ---- worker signals --------------------------------------------------------------------
+
+    def _on_step(self, metrics: StepMetrics) -> None:
+        self.loss_plot.add_metrics(metrics)
+        if self._first_step is None:
+            self._first_step = (metrics.step, metrics.elapsed_s)
+        self.progress.setMaximum(metrics.max_steps)
+        self.progress.setValue(metrics.step)
+        first_step, first_elapsed = self._first_step
+        done = metrics.step - first_step
+        eta = ""
+        if done > 0 and metrics.elapsed_s > first_elapsed:
+            per_step = (metrics.elapsed_s - first_elapsed) / done
+            eta = f" · ETA {format_duration(per_step * (metrics.max_steps - metrics.step))}"
+        loss = f"loss {metrics.train_loss:.4f}" if metrics.train_loss is not None else ""
+        self.rate_label.setText(f"{loss} · {metrics.tokens_per_s:,.0f} tokens/s{eta}")
+        if metrics.sample:
+            val = f" (val loss {metrics.val_loss:.4f})" if metrics.val_loss is not None else ""
+            self.samples.appendPlainText(f"── step {metrics.step}{val} ──\n{metrics.sample}\n")
+        self.events.training_step.emit(metrics)
+        if metrics.val_loss is not None:
+            self.events.model_updated.emit()
+
+    def _on_finished(self, reason: str) -> None:
+        self.loss_plot.redraw()
+        self._set_state(IDLE)
+        self.rate_label.setText(f"Training {reason}" if reason in ("finished", "stopped") else reason)
+        self.events.training_finished.emit(reason)
+        self.events.model_updated.emit()
+
+    def _on_failed(self, message: str, details: str) -> None:
+        self._set_state(IDLE)
+        self.rate_label.setText("Training failed")
+        self.events.training_finished.emit(message)
+        dialogs.show_error(self, message, details)
+
+    # ---- settings ---------------------------------------------------------------------------
+
+    def _commit_settings(self) -> bool:
+        error = self.form.error()
+        if error:
+            dialogs.show_error(self, error)
+            return False
+        try:
+            self.session.set_train({**self.form.values(), "device": self.device_combo.currentData()})
+        except LMStudioError as exc:
+            dialogs.show_exception(self, exc)
+            return False
+        return True
+
+    def _on_form_changed(self) -> None:
+        if self.state == IDLE and self._commit_settings():
+            self._announcing = True  # our own change: no need to reload the form from the session
+            try:
+                self.events.train_config_changed.emit()
+            finally:
+                self._announcing = False
+
+    def _on_device_chosen(self) -> None:
+        self.form.set_values({"device": self.device_combo.currentData()})
+        self._on_form_changed()
+
+    def _on_preset_chosen(self, index: int) -> None:
+        name = self.preset_combo.itemData(index)
+        self.preset_combo.setCurrentIndex(0)
+        if name is None or self.state != IDLE:
+            return
+        try:
+            self.session.apply_preset(name)
+        except LMStudioError as exc:
+            dialogs.show_exception(self, exc)
+            return
+        self.refresh_from_session()
+        self.events.train_config_changed.emit()
+        self.events.model_config_changed.emit()
+        self.events.tokenizer_changed.emit()
+        self.events.status_message.emit(f"Preset {name!r} applied")
+
+    # ---- widgets ----------------------------------------------------------------------------
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        has_trainer = self.session.trainer is not None
+        self.start_button.setEnabled(state == IDLE)
+        self.resume_run_button.setEnabled(state == IDLE)
+        self.pause_button.setEnabled(state == RUNNING)
+        self.resume_button.setEnabled(state == PAUSED)
+        self.stop_button.setEnabled(state in (RUNNING, PAUSED))
+        self.save_button.setEnabled(has_trainer and state in (IDLE, RUNNING, PAUSED))
+        for widget in (self.form, self.device_combo, self.preset_combo):
+            widget.setEnabled(state == IDLE)
+
+    def _button(self, text: str, name: str, slot) -> QPushButton:
+        button = QPushButton(text)
+        button.setObjectName(name)
+        button.clicked.connect(slot)
+        return button
+
+    def _hide_form_row(self, name: str) -> None:
+        layout = self.form.findChild(QFormLayout)
+        editor = self.form.widget_for(name)
+        if layout is not None:
+            layout.setRowVisible(editor, False)

@@ -1,0 +1,363 @@
+"""The Qt-free state behind one app window: the corpus, the tokenizer, the config, the trainer.
+
+The GUI is a thin view over a :class:`Session`: panels read its attributes and call its
+methods (from worker threads for the slow ones: building the tokenizer, tokenizing, creating a
+trainer). Everything here is testable without a display, and nothing here computes what the CLI
+would also need: the work is done by the core modules (data, training, inference).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from . import devices
+from .config import RunConfig, copy_config, load_config, load_preset, validate_plugins
+from .data import FileInfo, TokenizedCorpus, iter_text_chunks, load_corpus_text, tokenize_corpus
+from .errors import Cancelled, ConfigError, LMStudioError, ParamError, PluginCallError
+from .inference import Predictor, load_predictor
+from .params import build_params, params_to_dict
+from .registry import PluginRegistry
+from .resources import demo_corpus_path, list_presets, preset_path
+from .settings import disabled_plugins
+from .tokenizer import Tokenizer
+from .training import Trainer
+
+ProgressCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], bool]
+
+# Presets tried for a fresh session, in order: small enough to learn in a minute on a CPU.
+DEFAULT_PRESETS_CPU = ("fast-cpu", "default")
+DEFAULT_PRESETS_GPU = ("default", "fast-cpu")
+_ASSUMED_MFU = 0.35  # share of the matmul peak a small training step reaches (for time estimates)
+
+# Achieved matmul FLOP/s per device string, measured once per process: it takes half a second.
+_MATMUL_FLOPS_CACHE: dict[str, float] = {}
+_MATMUL_FLOPS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ModelPreview:
+    """What the model panel shows before training: size, cost and a time estimate."""
+
+    parameters: int
+    non_embedding_parameters: int
+    flops_per_token: float
+    context_length: int
+    memory_bytes: int  # weights + gradients + optimiser state + activations of one micro-batch
+    seconds_per_step: float | None  # None when the throughput could not be measured
+    device: str
+
+
+def default_config() -> RunConfig:
+    """The bundled preset that suits this machine (fast-cpu without a GPU), else the defaults."""
+    on_cpu = devices.resolve_device("auto").type == "cpu"
+    available = set(list_presets())
+    for name in DEFAULT_PRESETS_CPU if on_cpu else DEFAULT_PRESETS_GPU:
+        if name in available:
+            return load_preset(preset_path(name), RunConfig())
+    return RunConfig()
+
+
+def cached_matmul_flops(device: torch.device) -> float:
+    """The device's achieved matmul FLOP/s, measured on first use and then remembered."""
+    key = str(device)
+    with _MATMUL_FLOPS_LOCK:
+        if key not in _MATMUL_FLOPS_CACHE:
+            _MATMUL_FLOPS_CACHE[key] = devices.measure_matmul_flops(device, size=512, seconds=0.2)
+        return _MATMUL_FLOPS_CACHE[key]
+
+
+class Session:
+    """One window's worth of state; safe to call from one worker thread at a time."""
+
+    def __init__(self, registry: PluginRegistry | None = None, config: RunConfig | None = None) -> None:
+        self.registry = registry if registry is not None else PluginRegistry.discover(disabled=disabled_plugins())
+        self.config: RunConfig = copy_config(config) if config is not None else default_config()
+        self.file_infos: list[FileInfo] = []
+        self.text = ""
+        self.using_demo = True
+        self.encoding = "utf-8"
+        self.tokenizer: Tokenizer | None = None
+        self.corpus: TokenizedCorpus | None = None
+        self.trainer: Trainer | None = None
+        self.loaded_run: Path | None = None
+        self._loaded_predictor: Predictor | None = None
+        self._trainer_predictor: Predictor | None = None
+        # Bumped whenever the text or the tokenizer settings change, so a tokenizer or corpus
+        # computed in a worker thread from stale inputs is thrown away instead of stored.
+        self._generation = 0
+        self._lock = threading.RLock()
+        if self.config.data.files:
+            self.set_files(self.config.data.files)
+        else:
+            self.use_demo_corpus()
+
+    # ---- data -----------------------------------------------------------------------------
+
+    def use_demo_corpus(self) -> None:
+        text, infos = load_corpus_text([demo_corpus_path()])
+        with self._lock:
+            self.text, self.file_infos, self.using_demo, self.encoding = text, infos, True, "utf-8"
+            self.config.data.files = []
+            self._invalidate(tokenizer=True)
+
+    def set_files(self, paths: Sequence[str | Path], encoding: str = "utf-8") -> None:
+        """Read ``paths`` (files or folders); on a DataError the current corpus stays as it was."""
+        if not paths:
+            raise ConfigError("data.files: choose at least one file or folder (or use the demo corpus)")
+        text, infos = load_corpus_text(
+            list(paths), readers=self.registry.readers_by_extension(), encoding=encoding
+        )
+        with self._lock:
+            self.text, self.file_infos, self.using_demo, self.encoding = text, infos, False, encoding
+            self.config.data.files = [str(Path(p)) for p in paths]
+            self._invalidate(tokenizer=True)
+
+    def add_files(self, paths: Sequence[str | Path], encoding: str | None = None) -> None:
+        """Add files or folders to the current ones (replacing the demo corpus)."""
+        current = [] if self.using_demo else [Path(p) for p in self.config.data.files]
+        known = {p.resolve() for p in current}
+        merged = current + [Path(p) for p in paths if Path(p).resolve() not in known]
+        self.set_files(merged, encoding or self.encoding)
+
+    def remove_file(self, path: str | Path) -> None:
+        """Drop one file; removing the last one goes back to the demo corpus."""
+        target = Path(path).resolve()
+        remaining = [Path(info.path) for info in self.file_infos if Path(info.path).resolve() != target]
+        if len(remaining) == len(self.file_infos):
+            raise ConfigError(f"{path}: not one of the corpus files")
+        if self.using_demo or not remaining:
+            self.use_demo_corpus()
+        else:
+            self.set_files(remaining, self.encoding)
+
+    def set_data(self, values: Mapping[str, Any]) -> None:
+        """Change the validation split (``val_fraction``, ``val_split``); the files stay."""
+        merged = {**params_to_dict(self.config.data), **dict(values)}
+        new_data = build_params(type(self.config.data), merged, "data")
+        with self._lock:
+            self.config.data = new_data
+            self._invalidate(tokenizer=False)
+
+    # ---- settings -------------------------------------------------------------------------
+
+    def set_tokenizer(self, plugin: str, params: Mapping[str, Any]) -> None:
+        spec = self.registry.tokenizer(plugin)  # ConfigError naming the available ones
+        checked = build_params(spec.params, dict(params), "tokenizer")
+        with self._lock:
+            self.config.tokenizer.plugin = plugin
+            self.config.tokenizer.params = params_to_dict(checked)
+            self._invalidate(tokenizer=True)
+
+    def set_model(self, plugin: str, params: Mapping[str, Any]) -> None:
+        spec = self.registry.model(plugin)
+        checked = build_params(spec.params, dict(params), "model")
+        self.config.model.plugin = plugin
+        self.config.model.params = params_to_dict(checked)
+
+    def set_train(self, values: Mapping[str, Any]) -> None:
+        merged = {**params_to_dict(self.config.train), **dict(values)}
+        self.config.train = build_params(type(self.config.train), merged, "train")
+
+    def apply_preset(self, name_or_path: str | Path) -> None:
+        """Overlay a preset (a bundled name like ``fast-cpu`` or a TOML path); the data stays."""
+        name = str(name_or_path)
+        path = preset_path(name) if name in list_presets() else Path(name_or_path)
+        new_config = load_preset(path, self.config)
+        validate_plugins(new_config, self.registry)  # reject a preset naming a missing plugin
+        with self._lock:
+            tokenizer_changed = new_config.tokenizer != self.config.tokenizer
+            new_config.data = self.config.data
+            self.config = new_config
+            if tokenizer_changed:
+                self._invalidate(tokenizer=True)
+
+    def _invalidate(self, *, tokenizer: bool) -> None:
+        self._generation += 1
+        self.corpus = None
+        if tokenizer:
+            self.tokenizer = None
+
+    # ---- tokenizer and corpus -------------------------------------------------------------
+
+    def build_tokenizer(
+        self, progress: ProgressCallback | None = None, cancel: CancelCheck | None = None
+    ) -> Tokenizer:
+        """Build (train, for BPE-like tokenizers) the configured tokenizer on the current text."""
+        with self._lock:
+            generation, text = self._generation, self.text
+            tok_params, _ = validate_plugins(self.config, self.registry)
+            spec = self.registry.tokenizer(self.config.tokenizer.plugin)
+
+        def report(done: int, total: int) -> None:
+            if cancel is not None and cancel():
+                raise Cancelled("building the tokenizer was cancelled")
+            if progress is not None:
+                progress(done, total)
+
+        report(0, 1)
+        try:
+            tokenizer = spec.build(tok_params, lambda: iter_text_chunks(text), report)
+            if not isinstance(tokenizer, Tokenizer):
+                raise TypeError(f"build() returned {type(tokenizer).__name__}, not a lmstudio_app Tokenizer")
+        except LMStudioError:
+            raise
+        except Exception as exc:  # plugin code: name the plugin instead of crashing
+            owner = self.registry.owner("tokenizers", spec.name)
+            raise PluginCallError(owner, f"building tokenizer {spec.name!r}", exc) from exc
+        with self._lock:
+            self._check_current(generation)
+            self.tokenizer = tokenizer
+            self.corpus = None
+        return tokenizer
+
+    def tokenize(self, progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> TokenizedCorpus:
+        """Split the text into train/val token arrays, building the tokenizer first if needed."""
+        tokenizer = self.tokenizer or self.build_tokenizer(progress, cancel)
+        with self._lock:
+            generation, text, data = self._generation, self.text, self.config.data
+        corpus = tokenize_corpus(tokenizer, text, data.val_fraction, data.val_split, progress=progress, cancel=cancel)
+        with self._lock:
+            self._check_current(generation)
+            self.corpus = corpus
+        return corpus
+
+    def _check_current(self, generation: int) -> None:
+        if generation != self._generation:
+            raise Cancelled("the corpus or tokenizer settings changed meanwhile; run it again")
+
+    # ---- model preview --------------------------------------------------------------------
+
+    def model_preview(self, measure_speed: bool = True) -> ModelPreview:
+        """Size, memory and time per step of the configured model (builds the tokenizer if needed).
+
+        The model is built on the ``meta`` device, so even a huge configuration costs no memory;
+        activations are measured by running one meta forward pass and adding up what autograd
+        saves for the backward pass.
+        """
+        vocab_size = (self.tokenizer or self.build_tokenizer()).vocab_size
+        _, model_params = validate_plugins(self.config, self.registry)
+        spec = self.registry.model(self.config.model.plugin)
+        train = self.config.train
+        try:
+            with torch.device("meta"):
+                model = spec.build(model_params, vocab_size)
+        except LMStudioError:
+            raise
+        except Exception as exc:
+            owner = self.registry.owner("models", spec.name)
+            raise PluginCallError(owner, f"building model {spec.name!r}", exc) from exc
+        info = model.describe()
+        parameters = int(info["parameters"])
+        context = int(info["context_length"])
+        device = devices.resolve_device(train.device)
+        autocast = devices.autocast_dtype(device, train.dtype)
+        activation_scale = 0.5 if autocast in (torch.bfloat16, torch.float16) else 1.0
+        activations = _activation_bytes(model, train.batch_size, context, vocab_size) * activation_scale
+        memory = parameters * 8 + _optimizer_state_bytes(model, train.optimizer) + int(activations)
+        seconds = None
+        if measure_speed:
+            tokens_per_step = train.batch_size * train.grad_accum * context
+            flops = cached_matmul_flops(device) * _ASSUMED_MFU
+            seconds = info["flops_per_token"] * tokens_per_step / flops if flops > 0 else None
+        return ModelPreview(
+            parameters=parameters,
+            non_embedding_parameters=int(info["non_embedding_parameters"]),
+            flops_per_token=float(info["flops_per_token"]),
+            context_length=context,
+            memory_bytes=int(memory),
+            seconds_per_step=seconds,
+            device=devices.describe_device(device),
+        )
+
+    # ---- training and probing -------------------------------------------------------------
+
+    def create_trainer(self, run_dir: str | Path | None = None) -> Trainer:
+        """A new run on the session's corpus; the tokenizer and token arrays are reused."""
+        corpus = self.corpus or self.tokenize()
+        trainer = Trainer(copy_config(self.config), self.registry, run_dir, tokenizer=self.tokenizer, corpus=corpus)
+        self._adopt_trainer(trainer)
+        return trainer
+
+    def resume_trainer(self, run_dir: str | Path, train: Mapping[str, Any] | None = None) -> Trainer:
+        """Continue a saved run; ``train`` overrides its [train] values (e.g. a higher max_steps)."""
+        config = load_config(Path(run_dir) / "config.toml")
+        if train:
+            merged = {**params_to_dict(config.train), **dict(train)}
+            try:
+                config.train = build_params(type(config.train), merged, "train")
+            except ParamError as exc:
+                raise ConfigError(f"{run_dir}: {exc}") from None
+        trainer = Trainer(config, self.registry, run_dir, resume=True)
+        self._adopt_trainer(trainer)
+        self.config = copy_config(config)
+        return trainer
+
+    def _adopt_trainer(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self._trainer_predictor = None
+        self._loaded_predictor = None
+        self.loaded_run = None
+
+    def load_run(self, run_dir: str | Path) -> None:
+        """Open a finished (or paused elsewhere) run for probing: its model, tokenizer and config."""
+        path = Path(run_dir)
+        predictor = load_predictor(path, self.registry, self.config.train.device)
+        config = load_config(path / "config.toml")
+        with self._lock:
+            self.trainer = None
+            self._trainer_predictor = None
+            self._loaded_predictor = predictor
+            self.loaded_run = path
+            self.config = config
+            self._invalidate(tokenizer=True)
+            self.tokenizer = predictor.tokenizer  # the run's own tokenizer, matching its model
+
+    def predictor(self) -> Predictor | None:
+        """The live trainer's predictor (it takes the trainer's lock), else a loaded run's."""
+        if self.trainer is not None:
+            if self._trainer_predictor is None:
+                self._trainer_predictor = self.trainer.predictor()
+            return self._trainer_predictor
+        return self._loaded_predictor
+
+
+def _optimizer_state_bytes(model: torch.nn.Module, optimizer: str) -> int:
+    """AdamW keeps two fp32 moments per weight; Muon keeps one momentum for matrices."""
+    roles: dict[str, str] = model.param_roles() if hasattr(model, "param_roles") else {}
+    total = 0
+    for name, p in model.named_parameters():
+        if name not in roles and roles:
+            continue  # a tied weight, counted under its first name
+        states = 1 if optimizer == "muon" and roles.get(name) == "matrix" else 2
+        total += p.numel() * 4 * states
+    return total
+
+
+def _activation_bytes(model: torch.nn.Module, batch: int, context: int, vocab_size: int) -> float:
+    """Bytes autograd saves for one micro-batch, from a forward pass on the meta device."""
+    param_ids = {id(p) for p in model.parameters()}
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        base = t._base if t._base is not None else t
+        if id(t) not in seen and id(base) not in param_ids:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+        return t
+
+    try:
+        idx = torch.zeros((batch, context), dtype=torch.long, device="meta")
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logits = model(idx)
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten())
+        return float(total)
+    except Exception:  # an op without a meta kernel: fall back to the logits, the largest term
+        return float(batch * context * vocab_size * 4 * 3)

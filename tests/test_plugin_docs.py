@@ -1,0 +1,153 @@
+"""docs/plugins.md stays true: every hook is documented and every example runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from lmstudio_app import hookspecs
+from lmstudio_app.errors import ParamError
+from lmstudio_app.params import build_params, param_infos
+from lmstudio_app.registry import PluginRegistry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
+EXAMPLE_MARK = "# unigram_plugin.py"
+
+
+def guide_text() -> str:
+    return GUIDE.read_text(encoding="utf-8")
+
+
+def code_blocks(language: str) -> list[str]:
+    return re.findall(rf"^ *```{language}\n(.*?)^ *```", guide_text(), flags=re.MULTILINE | re.DOTALL)
+
+
+def block_containing(language: str, marker: str) -> str:
+    (block,) = [b for b in code_blocks(language) if marker in b]
+    return block
+
+
+def import_snippet(path: Path, source: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Write a snippet to ``path`` and import it as a real module (dataclasses need sys.modules)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(f"doc_snippet_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def hook_names() -> list[str]:
+    return [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT}_spec")]
+
+
+def test_hookspecs_are_found() -> None:
+    assert "lmstudio_models" in hook_names()  # guards the marker attribute the next test relies on
+
+
+@pytest.mark.parametrize("hook", hook_names())
+def test_every_hook_has_a_section_in_the_guide(hook: str) -> None:
+    assert re.search(rf"^### `{hook}\(\)`$", guide_text(), flags=re.MULTILINE), f"document {hook} in {GUIDE}"
+
+
+def test_python_blocks_compile() -> None:
+    blocks = code_blocks("python")
+    assert len(blocks) >= 4
+    for block in blocks:
+        compile(block, str(GUIDE), "exec")
+
+
+def test_toml_blocks_parse() -> None:
+    blocks = code_blocks("toml")
+    assert blocks
+    for block in blocks:
+        tomllib.loads(block)
+
+
+@pytest.fixture
+def example_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("LMSTUDIO_PLUGINS", raising=False)
+    folder = tmp_path / "my_plugins"
+    folder.mkdir()
+    (folder / "unigram_plugin.py").write_text(block_containing("python", EXAMPLE_MARK), encoding="utf-8")
+    return folder
+
+
+def test_complete_example_registers_builds_and_predicts(example_dir: Path) -> None:
+    registry = PluginRegistry.discover([example_dir], use_entry_points=False, use_user_dir=False, strict=True)
+    (info,) = registry.plugins
+    assert (info.name, info.version, info.provides["models"]) == ("unigram_plugin", "1.0.0", ["unigram"])
+    spec = registry.model("unigram")
+
+    # the [model] table shown in the guide is a valid config for the example
+    table = tomllib.loads(block_containing("toml", 'plugin = "unigram"'))["model"]
+    assert table.pop("plugin") == "unigram"
+    params = build_params(spec.params, table, "model")
+    with pytest.raises(ParamError, match="model.context_length"):
+        build_params(spec.params, {"context_length": 0}, "model")
+
+    model = spec.build(params, 11)
+    idx = torch.randint(0, 11, (3, 7))
+    logits = model(idx)
+    assert logits.shape == (3, 7, 11)
+    assert model.param_roles() == {"token_logits": "vector"}
+    assert model.describe()["context_length"] == table["context_length"]
+
+    # it learns: a few steps on a constant target make that token the most likely one
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(model(idx).view(-1, 11), torch.full((21,), 4))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert model(idx)[0, -1].argmax().item() == 4
+
+
+def test_testing_example_passes_against_the_complete_example(
+    example_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the guide's test finds the plugin in ../my_plugins relative to itself
+    test_file = example_dir.parent / "tests" / "test_my_plugin.py"
+    module = import_snippet(test_file, block_containing("python", "def test_"), monkeypatch)
+    tests = [fn for name, fn in vars(module).items() if name.startswith("test_") and callable(fn)]
+    assert tests
+    for test in tests:
+        test()
+
+
+def test_params_example_builds_the_documented_widgets_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = import_snippet(
+        tmp_path / "params_example.py", block_containing("python", "class MyParams"), monkeypatch
+    )
+    params_cls = module.MyParams
+    infos = {i.name: i for i in param_infos(params_cls)}
+    assert infos["activation"].choices == ("gelu", "relu")
+    assert infos["init_std"].log_scale and infos["stop_words"].type is list
+    assert build_params(params_cls, {"stop_words": "a, b"}).stop_words == ["a", "b"]
+    with pytest.raises(ParamError, match="divisible"):
+        build_params(params_cls, {"n_embd": 130, "n_head": 4}, "model")
+
+
+def test_tokenizer_example_round_trips_lower_case_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = block_containing("python", "def build_lowercase_chars")
+    module = import_snippet(tmp_path / "tokenizer_example.py", source, monkeypatch)
+    tokenizer = module.build_lowercase_chars(None, lambda: iter(["Hello ", "World\n"]), None)
+    assert tokenizer.vocab_size == len(set("hello world\n")) + 1
+    assert tokenizer.decode(tokenizer.encode("Hello\nworld")) == "hello\nworld"
+    assert tokenizer.encode("?") == [tokenizer.unk_id]
