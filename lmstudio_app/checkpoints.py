@@ -137,7 +137,7 @@ def _model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
     storages: set[int] = set()
     for name, t in model.state_dict().items():
         key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-        if key in seen:
+        if key in seen and t.numel() > 0:  # empty tensors all share data_ptr 0 without being tied
             aliases[name] = seen[key]
             continue
         seen[key] = name
@@ -180,10 +180,8 @@ def _read_safetensors(path: Path, device: str) -> tuple[dict[str, torch.Tensor],
     try:
         with safe_open(str(path), framework="pt", device=device) as f:
             metadata = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, metadata
-    except CheckpointError:
-        raise
-    except Exception as exc:  # safetensors raises its own error type for truncated/garbled files
+            return {k: f.get_tensor(k) for k in f.keys()}, metadata  # noqa: SIM118 - not iterable
+    except Exception as exc:  # noqa: BLE001 - safetensors has its own error type for broken files
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path}: corrupted checkpoint file ({first})") from None
 
@@ -285,7 +283,7 @@ def is_complete(folder: Path) -> bool:
         for fname in (MODEL_FILE, OPTIMIZER_FILE):
             with safe_open(str(folder / fname), framework="pt", device="cpu") as f:
                 f.keys()
-    except Exception:  # any unreadable piece means "not usable", never an error here
+    except Exception:  # noqa: BLE001 - any unreadable piece means "not usable", never an error here
         return False
     return True
 

@@ -11,20 +11,33 @@ then in the current folder; the run's saved ``config.toml`` holds the absolute p
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from .config import RunConfig, apply_overrides, config_from_dict, load_config, parse_override, validate_plugins
+from .config import (
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    parse_override,
+    validate_plugins,
+)
 from .errors import CheckpointError, ConfigError, LMStudioError, ParamError
+from .registry import PluginRegistry, user_plugin_dir
+from .runs import RunDir
 
+# training, inference and checkpoints are imported inside the commands that use them: they pull
+# in torch, which would make `lmstudio --help` take seconds to start.
 if TYPE_CHECKING:
-    from .registry import PluginRegistry
     from .training import StepMetrics
 
 PROG = "lmstudio"
@@ -123,8 +136,6 @@ def _train_config(args: argparse.Namespace) -> RunConfig | None:
         return with_overrides(config, args.overrides, str(path))
     if not args.overrides:
         return None  # the Trainer takes the run's saved config as it is
-    from .runs import RunDir
-
     run = RunDir.open(args.resume)
     return with_overrides(run.load_config(), args.overrides, str(run.config_path))
 
@@ -132,13 +143,13 @@ def _train_config(args: argparse.Namespace) -> RunConfig | None:
 # --- train ---------------------------------------------------------------------------------
 
 def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def format_step(m: "StepMetrics", eta_s: float | None) -> str:
+def format_step(m: StepMetrics, eta_s: float | None) -> str:
     """One compact progress line: step, losses, learning rate, speed, time left."""
     width = len(str(m.max_steps))
     parts = [f"step {m.step:>{width}}/{m.max_steps}", f"loss {m.train_loss:.4f}"]
@@ -161,7 +172,7 @@ class _ProgressPrinter:
         self.first_step = first_step  # where this session started (a resumed run starts later)
         self.pending_cr = False
 
-    def __call__(self, m: "StepMetrics") -> None:
+    def __call__(self, m: StepMetrics) -> None:
         done = m.step - self.first_step
         eta = (time.monotonic() - self.started) / done * (m.max_steps - m.step) if done > 0 else None
         line = format_step(m, eta)
@@ -184,15 +195,17 @@ class _ProgressPrinter:
         self.stream.flush()
 
 
-def cmd_train(args: argparse.Namespace, registry: "PluginRegistry") -> int:
+def cmd_train(args: argparse.Namespace, registry: PluginRegistry) -> int:
     from .training import Trainer
 
     resume = args.resume is not None
     if resume and args.out is not None:
         raise UsageError("train: --out and --resume do not go together (a resumed run stays in its folder)")
     config = _train_config(args)
-    if config is not None:
-        validate_plugins(config, registry)  # name a bad key before minutes of tokenizing
+    if config is not None:  # name a bad key or a taken folder before minutes of tokenizing
+        validate_plugins(config, registry)
+    if not resume and args.out is not None:
+        RunDir.check_creatable(args.out)
     print("preparing the corpus, tokenizer and model...", flush=True)
     trainer = Trainer(config, registry, args.resume if resume else args.out, resume=resume)
     if trainer.ignored_overrides:
@@ -208,7 +221,7 @@ def cmd_train(args: argparse.Namespace, registry: "PluginRegistry") -> int:
         trainer.control.stop()
         sys.stderr.write("\nstopping after this step (Ctrl-C again to quit at once)...\n")
 
-    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
         print(f"training in {trainer.run_dir.path}: {trainer.model.num_parameters():,} parameters, "
               f"{trainer.device.type}", flush=True)
@@ -222,18 +235,11 @@ def cmd_train(args: argparse.Namespace, registry: "PluginRegistry") -> int:
     return EXIT_INTERRUPTED if interrupted else 0
 
 
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
 # --- eval, predict, generate -----------------------------------------------------------------
 
-def cmd_eval(args: argparse.Namespace, registry: "PluginRegistry") -> int:
+def cmd_eval(args: argparse.Namespace, registry: PluginRegistry) -> int:
     """Validation loss of the latest checkpoint; reads the run folder, writes nothing."""
     from .checkpoints import latest_checkpoint, load_checkpoint
-    from .runs import RunDir
     from .training import Trainer
 
     if args.batches is not None and args.batches < 1:
@@ -256,12 +262,12 @@ def cmd_eval(args: argparse.Namespace, registry: "PluginRegistry") -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace, registry: "PluginRegistry") -> int:
+def cmd_predict(args: argparse.Namespace, registry: PluginRegistry) -> int:
     from .inference import load_predictor
 
-    predictor = load_predictor(args.run_dir, registry, args.device)
     if args.top_k < 1:
         raise UsageError(f"predict: --top-k must be at least 1, got {args.top_k}")
+    predictor = load_predictor(args.run_dir, registry, args.device)
     pred = predictor.next_token(args.text, temperature=args.temperature, top_p=args.top_p, k=args.top_k)
     if pred.unknown_chars:
         shown = ", ".join(repr(c) for c in pred.unknown_chars)
@@ -274,13 +280,13 @@ def cmd_predict(args: argparse.Namespace, registry: "PluginRegistry") -> int:
     header = f"{'rank':>4}  {'id':>6}  {'token':<14} {'logit':>9}  {'prob':>7}"
     print(header + ("  sampled" if args.top_p is not None else ""))
     for rank, c in enumerate(pred.candidates, 1):
-        bar = "#" * int(round(c.prob * 20))
+        bar = "#" * round(c.prob * 20)
         sampled = f"  {c.sample_prob:7.2%}" if args.top_p is not None else ""
         print(f"{rank:>4}  {c.id:>6}  {c.text!r:<14} {c.logit:>9.3f}  {c.prob:7.2%}{sampled}  {bar}")
     return 0
 
 
-def cmd_generate(args: argparse.Namespace, registry: "PluginRegistry") -> int:
+def cmd_generate(args: argparse.Namespace, registry: PluginRegistry) -> int:
     from .inference import load_predictor
 
     predictor = load_predictor(args.run_dir, registry, args.device)
@@ -298,9 +304,7 @@ def cmd_generate(args: argparse.Namespace, registry: "PluginRegistry") -> int:
 
 # --- plugins -------------------------------------------------------------------------------
 
-def cmd_plugins(args: argparse.Namespace, registry: "PluginRegistry") -> int:
-    from .registry import user_plugin_dir
-
+def cmd_plugins(args: argparse.Namespace, registry: PluginRegistry) -> int:
     rows = [("name", "version", "source", "provides")]
     for info in registry.plugins:
         provides = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.provides.items() if names)
@@ -325,8 +329,10 @@ def cmd_plugins(args: argparse.Namespace, registry: "PluginRegistry") -> int:
 # --- entry point -----------------------------------------------------------------------------
 
 def _launch_gui(plugins_dirs: Sequence[str]) -> int:
+    # Imported by name only here: the headless commands must work (and stay fast) without Qt,
+    # and the layering contract keeps every static import of the GUI out of this module.
     try:
-        from .gui.app import main as gui_main
+        gui_main = importlib.import_module("lmstudio_app.gui.app").main
     except ImportError as exc:
         _error(f"the desktop app cannot start ({type(exc).__name__}: {exc})")
         return EXIT_ERROR
@@ -349,8 +355,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command is None:
             return _launch_gui(args.plugins_dir)
-        from .registry import PluginRegistry
-
         registry = PluginRegistry.discover(plugins_dirs=args.plugins_dir)
         return COMMANDS[args.command](args, registry)
     except SystemExit as exc:  # --help and --version exit through argparse
@@ -368,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         _error(str(exc))
         return EXIT_ERROR
-    except Exception as exc:  # a bug: still one line, with a way to see more
+    except Exception as exc:  # noqa: BLE001 -- a bug: still one line, with a way to see more
         if debug:
             traceback.print_exc()
         _error(f"{type(exc).__name__}: {exc}")

@@ -47,3 +47,11 @@ class PluginCallError(LMStudioError):
 
 class Cancelled(LMStudioError):
     """The user cancelled a long operation (tokenizing, training a tokenizer)."""
+
+
+class ExportError(LMStudioError):
+    """A run cannot be exported to another format (no equivalent architecture, bad output folder)."""
+
+
+class MissingPackageError(LMStudioError):
+    """A feature needs an optional package that is not installed; the message says what to install."""

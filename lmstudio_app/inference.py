@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -162,12 +163,23 @@ class Predictor:
             finally:
                 self.model.train(was_training)
 
-    def _logits(self, ids: list[int]) -> np.ndarray:
-        """Float64 logits ``(T, V)`` for ``ids`` (already cropped to the context length)."""
+    def _last_logits(self, ids: list[int]) -> np.ndarray:
+        """Float64 logits ``(V,)`` after the last of ``ids`` (already cropped to the context)."""
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         with self._eval_mode():
-            out = self.model(idx)[0]  # (T, V)
-            return out.float().cpu().numpy().astype(np.float64)
+            last = self.model(idx)[0, -1]  # (V,): only this row leaves the device
+            return last.float().cpu().numpy().astype(np.float64)
+
+    def _token_log_probs(self, ids: list[int], targets: list[int]) -> list[float]:
+        """ln P(targets[j] | ids[: j + 1]) for each j < len(targets), computed on the device."""
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        with self._eval_mode():
+            logits = self.model(idx)[0, : len(targets)].float()  # (n, V)
+            if logits.device.type != "mps":  # MPS has no float64
+                logits = logits.double()
+            wanted = torch.tensor(targets, dtype=torch.long, device=logits.device).unsqueeze(1)
+            picked = torch.log_softmax(logits, dim=-1).gather(1, wanted).squeeze(1)  # (n,)
+            return picked.cpu().tolist()
 
     @property
     def context_length(self) -> int:
@@ -217,7 +229,7 @@ class Predictor:
         if not 0 <= position < len(tokens):
             raise ParamError(f"position: {position} is outside the prompt's {len(tokens)} tokens")
         start = max(0, position + 1 - self.context_length)
-        logits = self._logits([t.id for t in tokens[start : position + 1]])[-1]
+        logits = self._last_logits([t.id for t in tokens[start : position + 1]])
         probs = softmax(logits, temperature)
         sample_probs = filter_probs(probs, top_k, top_p)
         top = np.argsort(-probs, kind="stable")[: min(k, len(probs))]
@@ -256,22 +268,22 @@ class Predictor:
         if not tokens:
             raise EmptyPromptError()
         ids = [t.id for t in tokens]
-        probs: list[float | None] = [None] * len(ids)
+        losses: list[float | None] = [None] * len(ids)
         ctx = self.context_length
         stride = max(1, ctx // 2)
         scored_up_to = 1  # tokens before this index are done
         start = 0
         while scored_up_to < len(ids):
             window = ids[start : start + ctx]
-            logits = self._logits(window)  # row j predicts token start + j + 1
-            end = min(start + len(window) + 1, len(ids))
+            end = min(start + len(window) + 1, len(ids))  # row j of the window predicts start + j + 1
+            log_probs = self._token_log_probs(window, ids[start + 1 : end])
             for i in range(max(scored_up_to, start + 1), end):
-                probs[i] = float(softmax(logits[i - start - 1])[ids[i]])
+                losses[i] = -log_probs[i - start - 1]
             scored_up_to = end
             start += stride
         return [
-            TokenSurprise(t, p, None if p is None else -math.log(max(p, 1e-300)))
-            for t, p in zip(tokens, probs)
+            TokenSurprise(t, None if loss is None else math.exp(-loss), loss)
+            for t, loss in zip(tokens, losses)
         ]
 
     # --- generation --------------------------------------------------------------------------
@@ -307,7 +319,7 @@ class Predictor:
         generated: list[int] = []
         emitted = ""
         for _ in range(max_tokens):
-            logits = self._logits(ids[-self.context_length :])[-1]
+            logits = self._last_logits(ids[-self.context_length :])
             probs = filter_probs(softmax(logits, temperature), top_k, top_p)
             next_id = int(rng.choice(len(probs), p=probs))
             ids.append(next_id)
@@ -321,7 +333,7 @@ class Predictor:
                 emitted = text
         final = self.tokenizer.decode(generated)
         if final != emitted:
-            yield final[len(emitted) :] if final.startswith(emitted) else final
+            yield final.removeprefix(emitted)
 
     def generate(
         self,
@@ -342,7 +354,7 @@ class Predictor:
 
 def load_run(
     run_dir: str | Path,
-    registry: "PluginRegistry",
+    registry: PluginRegistry,
     device: str = "auto",
     checkpoint: str | Path | None = None,
 ) -> tuple[RunConfig, LanguageModel, Tokenizer]:
@@ -368,7 +380,7 @@ def load_run(
 
 
 def load_predictor(
-    run_dir: str | Path, registry: "PluginRegistry", device: str = "auto", checkpoint: str | Path | None = None
+    run_dir: str | Path, registry: PluginRegistry, device: str = "auto", checkpoint: str | Path | None = None
 ) -> Predictor:
     """A :class:`Predictor` for a saved run."""
     _, model, tokenizer = load_run(run_dir, registry, device, checkpoint)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -124,6 +125,7 @@ class RunDir:
         """Make a new run folder (missing or empty) holding ``config`` and, if given, the tokenizer."""
         cls.check_creatable(path)
         run = cls(path)
+        existed = run.path.exists()
         try:
             run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
             run.save_config(config)
@@ -131,6 +133,10 @@ class RunDir:
                 tokenizer.save(run.tokenizer_path)
             run.metrics_path.touch()
         except OSError as exc:
+            # A half-made run would later be refused as "already a run": put the folder back as it was.
+            shutil.rmtree(run.path, ignore_errors=True)
+            if existed:
+                run.path.mkdir(exist_ok=True)
             raise CheckpointError(f"{run.path}: cannot create the run folder ({exc.strerror or exc})") from None
         return run
 

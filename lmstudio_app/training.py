@@ -28,7 +28,7 @@ from torch import nn
 
 from . import checkpoints as ckpt
 from .config import RunConfig, copy_config, validate_plugins
-from .data import BatchSampler, TokenizedCorpus, iter_text_chunks, load_corpus_text, tokenize_corpus
+from .data import BatchSampler, FileInfo, TokenizedCorpus, iter_text_chunks, load_corpus_text, tokenize_corpus
 from .devices import autocast_dtype, resolve_device, synchronize
 from .errors import (
     CheckpointError,
@@ -190,7 +190,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.dtype = autocast_dtype(self.device, cfg.dtype)
 
-        self.file_infos: list = []
+        self.file_infos: list[FileInfo] = []  # the files read (empty when given a tokenizer and corpus)
         text = self._read_corpus() if tokenizer is None or corpus is None else ""
         self.tokenizer = tokenizer if tokenizer is not None else self._build_tokenizer(tok_params, text)
         self.corpus = corpus if corpus is not None else self._tokenize(text)
@@ -283,7 +283,7 @@ class Trainer:
     def _compiled_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
         try:
             return torch.compile(self.model)
-        except Exception as exc:  # e.g. an unsupported Python or platform
+        except Exception as exc:  # noqa: BLE001 - e.g. an unsupported Python or platform
             self._compile_failed(exc)
             return self.model
 
@@ -321,7 +321,7 @@ class Trainer:
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             logits = self._forward(x)  # (B, T, V)
-            return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+            return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
 
     def _optimisation_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One step; returns (mean loss, grad norm) as device tensors (no sync)."""
@@ -426,12 +426,11 @@ class Trainer:
         pending: list[torch.Tensor] = []
         norm: torch.Tensor | None = None
         window_steps, window_s = 0, 0.0
-        reported_step = self.step
         self.stop_reason = None
         self._active_since, self._paused_s = time.perf_counter(), 0.0
 
         def report(loss: float) -> StepMetrics:
-            nonlocal window_steps, window_s, reported_step
+            nonlocal window_steps, window_s
             metrics = StepMetrics(
                 step=self.step, max_steps=cfg.max_steps, elapsed_s=self._elapsed(), train_loss=loss,
                 lr=lr_at(self.step - 1, cfg), tokens_per_s=window_steps * tokens_per_step / max(window_s, 1e-9),
@@ -439,7 +438,7 @@ class Trainer:
                 grad_norm=float(norm) if norm is not None else None, warning=self._pending_warning,
             )
             self._pending_warning = None
-            window_steps, window_s, reported_step = 0, 0.0, self.step
+            window_steps, window_s = 0, 0.0
             return metrics
 
         try:
@@ -470,7 +469,7 @@ class Trainer:
                 pending = []
                 window_s += time.perf_counter() - started
                 metrics = report(train_loss) if logging else None
-                if evaluating and metrics is not None:
+                if metrics is not None and evaluating:
                     metrics.val_loss = self.last_val_loss = self._checked_val_loss()
                     metrics.sample = self._sample_text()
                 if saving and self.run_dir is not None:
@@ -548,13 +547,16 @@ class Trainer:
         count = self.config.train.sample_tokens
         if count <= 0:
             return None
+        from .inference import EmptyPromptError
+
         predictor = self.predictor()
         seed = self.config.train.seed + self.step
         try:
-            return predictor.generate("", max_tokens=count, seed=seed)
-        except ParamError:  # the vocabulary cannot encode a newline: prompt with the corpus start
-            prompt = self.tokenizer.decode(self.corpus.train[:4].tolist())
-            return prompt + predictor.generate(prompt, max_tokens=count, seed=seed)
+            try:
+                return predictor.generate("", max_tokens=count, seed=seed)
+            except EmptyPromptError:  # the vocabulary has no newline: prompt with the corpus start
+                prompt = self.tokenizer.decode(self.corpus.train[:4].tolist())
+                return prompt + predictor.generate(prompt, max_tokens=count, seed=seed)
         except LMStudioError:
             raise
         except Exception as exc:

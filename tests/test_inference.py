@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 
@@ -173,7 +174,7 @@ def test_surprise_is_the_probability_of_each_actual_token(table):
     scores = predictor.surprise(text)
     assert [s.token.text for s in scores] == list(text)
     assert scores[0].prob is None and scores[0].loss is None
-    for prev, cur in zip(scores, scores[1:]):
+    for prev, cur in itertools.pairwise(scores):
         expected = softmax(table[prev.token.id].double().numpy())[cur.token.id]
         assert math.isclose(cur.prob, expected, rel_tol=1e-6)
         assert math.isclose(cur.loss, -math.log(expected), rel_tol=1e-6)
@@ -203,3 +204,53 @@ def test_device_argument_moves_the_model(table):
     predictor = Predictor(model, make_char_tokenizer(), device="cpu")
     assert predictor.device == torch.device("cpu")
     assert predictor.next_token("a").candidates
+
+
+def test_unknown_words_are_reported_without_their_space():
+    hf = HFTokenizer(models.WordLevel({"<unk>": 0, "the": 1, " cat": 2}, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Split(Regex(r" ?\w+| ?[^\w\s]+|\s"), "isolated")
+    hf.decoder = decoders.Fuse()
+    model = TableBigram(torch.zeros(3, 3))
+    pred = Predictor(model, Tokenizer(hf)).next_token("the dog cat")
+    assert [t.text for t in pred.tokens] == ["the", " dog", " cat"]
+    assert pred.unknown_chars == ["dog"]
+
+
+# --- loading a saved run -----------------------------------------------------------------------
+
+def test_load_run_rebuilds_the_trained_model(tmp_path):
+    from lmstudio_app.checkpoints import list_checkpoints
+    from lmstudio_app.config import load_config
+    from lmstudio_app.errors import CheckpointError
+    from lmstudio_app.inference import load_predictor, load_run
+    from lmstudio_app.registry import PluginRegistry
+    from lmstudio_app.runs import RunDir
+    from lmstudio_app.training import Trainer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("abcab cab bca\n" * 200, encoding="utf-8")
+    registry = PluginRegistry.discover(use_user_dir=False)
+    config = load_config(None, [f"data.files=['{corpus.as_posix()}']", "model.n_layer=1", "model.n_head=2",
+                                "model.n_embd=16", "model.context_length=8", "train.batch_size=4",
+                                "train.max_steps=6", "train.eval_interval=3", "train.eval_batches=1",
+                                "train.sample_tokens=0", "train.device=cpu"])
+    trainer = Trainer(config, registry, tmp_path / "run")
+    for _ in trainer.steps():
+        pass
+    live = trainer.predictor().next_token("abc ca")
+
+    loaded_config, model, tokenizer = load_run(tmp_path / "run", registry, device="cpu")
+    assert loaded_config.model.params["n_embd"] == 16 and not model.training
+    assert tokenizer.vocab_size == trainer.tokenizer.vocab_size
+    again = Predictor(model, tokenizer).next_token("abc ca")
+    np.testing.assert_allclose(again.logits, live.logits, rtol=1e-5, atol=1e-6)
+    assert [c.id for c in load_predictor(tmp_path / "run", registry, "cpu").next_token("abc ca").candidates] == [
+        c.id for c in live.candidates]
+
+    first = list_checkpoints(RunDir.open(tmp_path / "run"))[0]  # step 3: different weights
+    _, early, _ = load_run(tmp_path / "run", registry, device="cpu", checkpoint=first)
+    assert not np.allclose(Predictor(early, tokenizer).next_token("abc ca").logits, live.logits)
+
+    empty = RunDir.create(tmp_path / "fresh", trainer.config, trainer.tokenizer)
+    with pytest.raises(CheckpointError, match="no checkpoint yet"):
+        load_run(empty.path, registry)

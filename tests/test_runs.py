@@ -123,3 +123,15 @@ def test_no_temp_files_after_many_writes(tmp_path):
     for i in range(20):
         atomic_write_text(target, str(i))
     assert os.listdir(tmp_path) == ["latest"] and target.read_text() == "19"
+
+
+def test_failed_create_leaves_no_half_made_run(tmp_path, monkeypatch):
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runs, "atomic_write_text", disk_full)
+        with pytest.raises(CheckpointError, match=r"run: cannot create the run folder \(No space left on device\)"):
+            RunDir.create(tmp_path / "run", RunConfig())
+    assert not (tmp_path / "run").exists()
+    RunDir.create(tmp_path / "run", RunConfig())  # the same folder can be used afterwards

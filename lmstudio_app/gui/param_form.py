@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
@@ -43,7 +44,7 @@ _INVALID_PROPERTY = "paramInvalid"
 
 def _is_path_field(info: ParamInfo) -> bool:
     name = info.name.lower()
-    return info.type is str and (name == "path" or name.endswith("_path") or name.endswith("_file"))
+    return info.type is str and (name == "path" or name.endswith(("_path", "_file")))
 
 
 class _IntSpinBox(QSpinBox):
@@ -57,11 +58,11 @@ class _IntSpinBox(QSpinBox):
         self.setSingleStep(int(info.step) if info.step else 1)
         self.setMinimumWidth(90)
 
-    def stepBy(self, steps: int) -> None:  # noqa: N802 (Qt override)
+    def stepBy(self, steps: int) -> None:
         target = self.value() + steps * self.singleStep()
         self.setValue(min(max(target, self._lo), self._hi))
 
-    def stepEnabled(self) -> QSpinBox.StepEnabledFlag:  # noqa: N802 (Qt override)
+    def stepEnabled(self) -> QSpinBox.StepEnabledFlag:
         flags = QSpinBox.StepEnabledFlag.StepNone
         if self.value() < self._hi:
             flags |= QSpinBox.StepEnabledFlag.StepUpEnabled
@@ -94,10 +95,10 @@ class _FloatSpinBox(QDoubleSpinBox):
             return 10 ** math.floor(math.log10(span))  # a round step near 1% of the range
         return 0.1
 
-    def textFromValue(self, value: float) -> str:  # noqa: N802 (Qt override)
+    def textFromValue(self, value: float) -> str:
         return f"{value:.8g}"
 
-    def valueFromText(self, text: str) -> float:  # noqa: N802 (Qt override)
+    def valueFromText(self, text: str) -> float:
         try:
             return float(text.strip())
         except ValueError:
@@ -119,7 +120,7 @@ class _FloatSpinBox(QDoubleSpinBox):
             return QValidator.State.Invalid, text, pos
         return QValidator.State.Acceptable, text, pos
 
-    def stepBy(self, steps: int) -> None:  # noqa: N802 (Qt override)
+    def stepBy(self, steps: int) -> None:
         value = self.value()
         if self._info.log_scale and value > 0:
             target = float(f"{value * 10 ** (steps / 10):.3g}")
@@ -128,7 +129,7 @@ class _FloatSpinBox(QDoubleSpinBox):
             target = round(target, 12)  # keep 0.1 + 0.2 from showing as 0.30000000000000004
         self.setValue(min(max(target, self._lo), self._hi))
 
-    def stepEnabled(self) -> QDoubleSpinBox.StepEnabledFlag:  # noqa: N802 (Qt override)
+    def stepEnabled(self) -> QDoubleSpinBox.StepEnabledFlag:
         flags = QDoubleSpinBox.StepEnabledFlag.StepNone
         if self.value() < self._hi:
             flags |= QDoubleSpinBox.StepEnabledFlag.StepUpEnabled

@@ -13,18 +13,17 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QDoubleSpinBox,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
     QPushButton,
-    QSlider,
     QSpinBox,
     QSplitter,
     QVBoxLayout,
@@ -36,7 +35,7 @@ from ..inference import NextTokenPrediction, Predictor, TokenSurprise
 from ..session import Session
 from .dialogs import describe_exception
 from .events import AppEvents
-from .probability_chart import CandidateTable, ProbabilityChart
+from .probability_chart import CandidateTable, ProbabilityChart, SamplingControls
 from .token_chips import TokenChips, probability_color
 from .worker import run_in_thread
 
@@ -45,17 +44,6 @@ NO_MODEL_HINT = "Start training or open a run to see predictions."
 _TRAINING_REFRESH_MS = 500  # ≤ 2 Hz while the weights change under us
 _EDIT_DEBOUNCE_MS = 120
 _ERROR_STYLE = "color: #d0312d;"
-
-
-def slider_to_temperature(value: int) -> float:
-    """Slider 0–200 → 0.1–3.0, logarithmic in each half, exactly 1.0 in the middle."""
-    t = 0.1 * 10 ** (value / 100) if value <= 100 else 3.0 ** ((value - 100) / 100)
-    return float(f"{t:.3g}")  # the shown value is the value used
-
-
-def temperature_to_slider(temperature: float) -> int:
-    t = min(max(temperature, 0.1), 3.0)
-    return round(100 * math.log10(t / 0.1)) if t <= 1.0 else round(100 + 100 * math.log(t) / math.log(3.0))
 
 
 @dataclass(frozen=True)
@@ -106,7 +94,7 @@ class PredictionsPanel(QWidget):
         self._debounce = QTimer(self, singleShot=True, interval=_EDIT_DEBOUNCE_MS)
         self._debounce.timeout.connect(self._start_query)
         self._throttle = QTimer(self, singleShot=True)
-        self._throttle.timeout.connect(self._refresh_for_training)
+        self._throttle.timeout.connect(self.refresh)
         self._model_dirty = False
 
         events.model_updated.connect(self._on_model_updated)
@@ -131,35 +119,8 @@ class PredictionsPanel(QWidget):
         self.summary_label = QLabel()
         self.summary_label.setWordWrap(True)
 
-        self.temperature_slider = QSlider(Qt.Orientation.Horizontal)
-        self.temperature_slider.setRange(0, 200)
-        self.temperature_slider.setValue(temperature_to_slider(1.0))
-        self.temperature_slider.setToolTip("Divide the logits by T before the softmax: low T sharpens, high T flattens")
-        self.temperature_label = QLabel()
-        self.temperature_label.setMinimumWidth(60)
-        self.temperature_slider.valueChanged.connect(self._on_temperature_moved)
-        self.top_k_spin = QSpinBox()
-        self.top_k_spin.setRange(0, 100_000)
-        self.top_k_spin.setSpecialValueText("off")
-        self.top_k_spin.setToolTip("Sample only from the k most likely tokens (0 = off)")
-        self.top_p_spin = QDoubleSpinBox()
-        self.top_p_spin.setRange(0.01, 1.0)
-        self.top_p_spin.setSingleStep(0.05)
-        self.top_p_spin.setValue(1.0)
-        self.top_p_spin.setToolTip("Sample from the smallest set of tokens whose probability reaches p (1 = off)")
-        self.rows_spin = QSpinBox()
-        self.rows_spin.setRange(1, 200)
-        self.rows_spin.setValue(10)
-        self.rows_spin.setToolTip("How many candidates to list")
-        for spin in (self.top_k_spin, self.top_p_spin, self.rows_spin):
-            spin.valueChanged.connect(self.refresh)
-        controls = QHBoxLayout()
-        for label, widget in (("Temperature", self.temperature_slider), ("", self.temperature_label),
-                              ("top-k", self.top_k_spin), ("top-p", self.top_p_spin), ("rows", self.rows_spin)):
-            if label:
-                controls.addWidget(QLabel(label))
-            controls.addWidget(widget, 2 if widget is self.temperature_slider else 0)
-        self._on_temperature_moved(self.temperature_slider.value(), refresh=False)
+        self.sampling = SamplingControls()
+        self.sampling.changed.connect(self.refresh)
 
         self.table = CandidateTable()
         self.table.candidate_clicked.connect(self.append_candidate)
@@ -168,6 +129,8 @@ class PredictionsPanel(QWidget):
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.table)
         splitter.addWidget(self.chart)
+        splitter.setStretchFactor(0, 3)  # the table's numbers matter most; the chart gets the rest
+        splitter.setStretchFactor(1, 2)
 
         generate_box = QGroupBox("Generate")
         self.max_tokens_spin = QSpinBox()
@@ -182,6 +145,7 @@ class PredictionsPanel(QWidget):
         self.output_edit = QPlainTextEdit()
         self.output_edit.setReadOnly(True)
         self.output_edit.setPlaceholderText("The sampled continuation appears here")
+        self.output_edit.setMaximumHeight(self.fontMetrics().lineSpacing() * 6 + 12)
         gen_row = QHBoxLayout()
         for label, widget in (("max tokens", self.max_tokens_spin), ("seed", self.seed_spin)):
             gen_row.addWidget(QLabel(label))
@@ -197,7 +161,7 @@ class PredictionsPanel(QWidget):
         layout.addWidget(self.prompt_edit)
         layout.addWidget(self.chips)
         layout.addWidget(self.message_label)
-        layout.addLayout(controls)
+        layout.addWidget(self.sampling)
         layout.addWidget(self.summary_label)
         layout.addWidget(splitter, 1)
         layout.addWidget(generate_box)
@@ -211,17 +175,10 @@ class PredictionsPanel(QWidget):
         self.prompt_edit.setPlainText(text)
 
     def temperature(self) -> float:
-        return slider_to_temperature(self.temperature_slider.value())
+        return self.sampling.temperature()
 
     def set_temperature(self, temperature: float) -> None:
-        self.temperature_slider.setValue(temperature_to_slider(temperature))
-
-    def top_k(self) -> int | None:
-        return self.top_k_spin.value() or None
-
-    def top_p(self) -> float | None:
-        value = self.top_p_spin.value()
-        return None if value >= 1.0 else value
+        self.sampling.set_temperature(temperature)
 
     def prediction(self) -> NextTokenPrediction | None:
         """The prediction currently shown (None while there is none)."""
@@ -254,8 +211,9 @@ class PredictionsPanel(QWidget):
             return
         if self._generation_task is not None:
             return
-        settings = dict(max_tokens=self.max_tokens_spin.value(), temperature=self.temperature(), top_k=self.top_k(),
-                        top_p=self.top_p(), seed=None if self.seed_spin.value() < 0 else self.seed_spin.value())
+        seed = self.seed_spin.value()
+        settings = {"max_tokens": self.max_tokens_spin.value(), "temperature": self.temperature(),
+                    "top_k": self.sampling.top_k(), "top_p": self.sampling.top_p(), "seed": None if seed < 0 else seed}
         prompt = self.prompt()
         self.output_edit.clear()
         self._generated = []
@@ -276,11 +234,6 @@ class PredictionsPanel(QWidget):
         self.events.prompt_changed.emit(self.prompt())
         self.refresh()
 
-    def _on_temperature_moved(self, value: int, refresh: bool = True) -> None:
-        self.temperature_label.setText(f"T = {slider_to_temperature(value):.3g}")
-        if refresh:
-            self.refresh()
-
     def _on_model_updated(self) -> None:
         self._weights_version += 1
         if not self.isVisible():
@@ -295,10 +248,7 @@ class PredictionsPanel(QWidget):
         self._weights_version += 1
         self.refresh()
 
-    def _refresh_for_training(self) -> None:
-        self.refresh()
-
-    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt override)
+    def showEvent(self, event: Any) -> None:
         super().showEvent(event)
         if self._model_dirty:
             self._model_dirty = False
@@ -311,13 +261,15 @@ class PredictionsPanel(QWidget):
         self._pending = False
         predictor = self.session.predictor()
         text = self.prompt()
-        if predictor is None:
-            self._show_tokens_only(text)
+        if predictor is None:  # still show how the prompt tokenizes, if a tokenizer exists
+            tokenizer = self.session.tokenizer
+            self._clear_results(NO_MODEL_HINT, error=False)
+            self.chips.set_tokens(tokenizer.encode_with_offsets(text) if tokenizer is not None else [])
             return
         self._request_id += 1
         self._last_refresh = time.monotonic()
-        query = _Query(self._request_id, text, self.temperature(), self.top_k(), self.top_p(),
-                       self.rows_spin.value(), self._model_generation, self._weights_version)
+        query = _Query(self._request_id, text, self.temperature(), self.sampling.top_k(), self.sampling.top_p(),
+                       self.sampling.rows(), self._model_generation, self._weights_version)
         cached = None
         if self._surprise_cache is not None and self._surprise_cache[0] == (text, query.weights_version):
             cached = self._surprise_cache[1]
@@ -360,12 +312,7 @@ class PredictionsPanel(QWidget):
 
     def _show_answer(self, answer: _Answer) -> None:
         if answer.problem is not None:
-            self._prediction = None
-            self.table.set_candidates([])
-            self.chart.set_candidates([])
-            self.summary_label.clear()
-            self.chips.clear()
-            self._show_message(answer.problem)
+            self._clear_results(answer.problem, error=True)
             return
         prediction, surprise = answer.prediction, answer.surprise or []
         assert prediction is not None
@@ -380,9 +327,10 @@ class PredictionsPanel(QWidget):
         self.chart.set_candidates(prediction.candidates)
         covered = sum(c.prob for c in prediction.candidates)
         vocab = len(prediction.probs)
-        parts = [f"entropy {prediction.entropy:.3f} nats (perplexity {math.exp(prediction.entropy):.1f}"
-                 f" of {vocab} tokens)",
-                 f"top-{len(prediction.candidates)} cover {covered:.1%} of the probability"]
+        parts = [
+            f"entropy {prediction.entropy:.3f} nats (perplexity {math.exp(prediction.entropy):.1f} of {vocab} tokens)",
+            f"top-{len(prediction.candidates)} cover {covered:.1%} of the probability",
+        ]
         self.summary_label.setText(" · ".join(parts))
         notes = []
         if prediction.context_start > 0:
@@ -393,15 +341,13 @@ class PredictionsPanel(QWidget):
         self._show_message("; ".join(notes), error=False)
         self.prediction_ready.emit(prediction)
 
-    def _show_tokens_only(self, text: str) -> None:
-        """No model yet: still show the prompt's tokens if a tokenizer exists."""
+    def _clear_results(self, message: str, error: bool) -> None:
         self._prediction = None
         self.table.set_candidates([])
         self.chart.set_candidates([])
         self.summary_label.clear()
-        tokenizer = self.session.tokenizer
-        self.chips.set_tokens(tokenizer.encode_with_offsets(text) if tokenizer is not None else [])
-        self._show_message(NO_MODEL_HINT, error=False)
+        self.chips.clear()
+        self._show_message(message, error)
 
     def _show_message(self, text: str, error: bool = True) -> None:
         self.message_label.setText(text)

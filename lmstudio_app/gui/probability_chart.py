@@ -1,22 +1,29 @@
-"""The next-token candidates as a ranked table and as a bar chart.
+"""The next-token distribution: a ranked table, a bar chart and the controls that reshape it.
 
 The table holds the exact floats of :class:`~lmstudio_app.inference.Candidate` in
 ``Qt.UserRole`` (the text is only their rounding), so what a test or a person reads is what the
-core computed. In the chart, two bars per candidate: the softmax probability at the chosen temperature (wide) and, inside
-it, what sampling actually uses after top-k / top-p filtering (narrow). Candidates cut by the
-filters keep their wide bar but no inner one, so the effect of top-k/top-p is visible at once.
+core computed. The chart draws two bars per candidate: the softmax probability at the chosen
+temperature (wide) and, inside it, what sampling uses after top-k / top-p filtering (narrow).
+Candidates cut by the filters keep their wide bar but no inner one, so the effect of
+top-k/top-p is visible at once.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from collections.abc import Sequence
 
 import pyqtgraph as pg
 from PySide6.QtCore import QModelIndex, QPointF, QRect, Qt, Signal
 from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QDoubleSpinBox,
+    QHBoxLayout,
     QHeaderView,
+    QLabel,
+    QSlider,
+    QSpinBox,
     QStyledItemDelegate,
     QStyleOptionViewItem,
     QTableWidget,
@@ -87,7 +94,7 @@ class ProbabilityChart(QWidget):
         if not self.plot.sceneBoundingRect().contains(pos):
             return
         x = self.plot.getPlotItem().vb.mapSceneToView(pos).x()
-        index = int(round(x))
+        index = round(x)
         if 0 <= index < len(self._candidates) and abs(x - index) <= 0.4:
             self.bar_clicked.emit(index)
 
@@ -130,6 +137,8 @@ class CandidateTable(QTableWidget):
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.verticalHeader().hide()
+        self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
+        self.setMinimumWidth(380)
         header = self.horizontalHeader()
         for col in range(len(COLUMNS)):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
@@ -165,3 +174,72 @@ class CandidateTable(QTableWidget):
     def value(self, row: int, col: int) -> float | int:
         """The exact number behind a cell (id, logit, probability or sampled probability)."""
         return self.item(row, col).data(Qt.ItemDataRole.UserRole)
+
+
+def slider_to_temperature(value: int) -> float:
+    """Slider 0–200 → 0.1–3.0, logarithmic in each half, exactly 1.0 in the middle."""
+    t = 0.1 * 10 ** (value / 100) if value <= 100 else 3.0 ** ((value - 100) / 100)
+    return float(f"{t:.3g}")  # the shown value is the value used
+
+
+def temperature_to_slider(temperature: float) -> int:
+    t = min(max(temperature, 0.1), 3.0)
+    return round(100 * math.log10(t / 0.1)) if t <= 1.0 else round(100 + 100 * math.log(t) / math.log(3.0))
+
+
+class SamplingControls(QWidget):
+    """Temperature slider (0.1–3.0, value shown), top-k, top-p and how many rows to list."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.temperature_slider = QSlider(Qt.Orientation.Horizontal)
+        self.temperature_slider.setRange(0, 200)
+        self.temperature_slider.setValue(temperature_to_slider(1.0))
+        self.temperature_slider.setToolTip("Divide the logits by T before the softmax: low T sharpens, high T flattens")
+        self.temperature_label = QLabel()
+        self.temperature_label.setMinimumWidth(60)
+        self.top_k_spin = QSpinBox()
+        self.top_k_spin.setRange(0, 100_000)
+        self.top_k_spin.setSpecialValueText("off")
+        self.top_k_spin.setToolTip("Sample only from the k most likely tokens (0 = off)")
+        self.top_p_spin = QDoubleSpinBox()
+        self.top_p_spin.setRange(0.01, 1.0)
+        self.top_p_spin.setSingleStep(0.05)
+        self.top_p_spin.setValue(1.0)
+        self.top_p_spin.setToolTip("Sample from the smallest set of tokens whose probability reaches p (1 = off)")
+        self.rows_spin = QSpinBox()
+        self.rows_spin.setRange(1, 200)
+        self.rows_spin.setValue(10)
+        self.rows_spin.setToolTip("How many candidates to list")
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        for label, widget in (("Temperature", self.temperature_slider), ("", self.temperature_label),
+                              ("top-k", self.top_k_spin), ("top-p", self.top_p_spin), ("rows", self.rows_spin)):
+            if label:
+                layout.addWidget(QLabel(label))
+            layout.addWidget(widget, 2 if widget is self.temperature_slider else 0)
+        self._show_temperature()
+        self.temperature_slider.valueChanged.connect(self._show_temperature)
+        for control in (self.temperature_slider, self.top_k_spin, self.top_p_spin, self.rows_spin):
+            control.valueChanged.connect(self.changed)
+
+    def temperature(self) -> float:
+        return slider_to_temperature(self.temperature_slider.value())
+
+    def set_temperature(self, temperature: float) -> None:
+        self.temperature_slider.setValue(temperature_to_slider(temperature))
+
+    def top_k(self) -> int | None:
+        return self.top_k_spin.value() or None
+
+    def top_p(self) -> float | None:
+        value = self.top_p_spin.value()
+        return None if value >= 1.0 else value  # 1.0 keeps every token: no filtering at all
+
+    def rows(self) -> int:
+        return self.rows_spin.value()
+
+    def _show_temperature(self) -> None:
+        self.temperature_label.setText(f"T = {self.temperature():.3g}")

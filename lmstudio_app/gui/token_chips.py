@@ -9,7 +9,7 @@ predictions refresh during training. Whitespace is made visible ('·' space, '�
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from PySide6.QtCore import QEvent, QPoint, QRect, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QHelpEvent, QMouseEvent, QPainter, QPaintEvent, QPen
@@ -194,30 +194,30 @@ class TokenChips(QWidget):
         self.updateGeometry()
         self.update()
 
-    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt override)
+    def hasHeightForWidth(self) -> bool:
         return True
 
-    def heightForWidth(self, width: int) -> int:  # noqa: N802 (Qt override)
+    def heightForWidth(self, width: int) -> int:
         rects = self._compute_rects(max(width, 60))
         extra = QFontMetrics(self.font()).height() + self._GAP if len(self._tokens) > _MAX_CHIPS else 0
         if not rects:
             return QFontMetrics(self.font()).height() * 2 + 2 * self._GAP
         return max(r.bottom() for r in rects) + self._GAP + 1 + extra
 
-    def sizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def sizeHint(self) -> QSize:
         width = max(self.width(), 300)
         return QSize(width, self.heightForWidth(width))
 
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt override)
+    def minimumSizeHint(self) -> QSize:
         return QSize(60, QFontMetrics(self.font()).height() * 2 + 2 * self._GAP)
 
-    def resizeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt override)
+    def resizeEvent(self, event: QEvent) -> None:
         self._layout_width = -1
         super().resizeEvent(event)
 
     # ----- painting and input -------------------------------------------------------------
 
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt override)
+    def paintEvent(self, event: QPaintEvent) -> None:
         self._ensure_layout()
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -254,7 +254,7 @@ class TokenChips(QWidget):
             y = max(r.bottom() for r in self._rects) + self._GAP + fm.ascent()
             painter.drawText(self._GAP, y, f"… {len(self._tokens) - _MAX_CHIPS} more tokens")
 
-    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 (Qt override)
+    def mousePressEvent(self, event: QMouseEvent) -> None:
         index = self.index_at(event.position().toPoint())
         if index is not None and event.button() == Qt.MouseButton.LeftButton:
             self.set_selected(index)

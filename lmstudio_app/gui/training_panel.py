@@ -264,27 +264,34 @@ class TrainingPanel(QWidget):
         if task is not self._preparing_task:  # abandoned (the window is closing)
             return
         self._preparing_task = None
-        if self.session.tokenizer is not tokenizer_before:
-            self.events.tokenizer_changed.emit()
-        if self.session.corpus is not None:
-            self.events.corpus_tokenized.emit()
-        if resumed:
-            self.refresh_from_session()
-            self.events.train_config_changed.emit()
-        self.loss_plot.clear()
-        self._load_history(trainer)
-        self.samples.clear()
-        self._first_step = None
-        self.progress.setRange(0, trainer.config.train.max_steps)
-        self.runner.start(trainer)
+        try:
+            if self.session.tokenizer is not tokenizer_before:
+                self.events.tokenizer_changed.emit()
+            if self.session.corpus is not None:
+                self.events.corpus_tokenized.emit()
+            if resumed:
+                self.refresh_from_session()
+                self.events.train_config_changed.emit()
+            self.loss_plot.clear()
+            self._load_history(trainer)
+            self.samples.clear()
+            self._first_step = None
+            self.progress.setRange(0, trainer.config.train.max_steps)
+            self.runner.start(trainer)
+        except BaseException:
+            self._set_state(IDLE)  # never stay stuck in "preparing"; the exception hook shows it
+            raise
         self._set_state(RUNNING)
         self.events.training_started.emit()
-        self.events.status_message.emit(f"Training in {trainer.run.path}")
+        if trainer.run_dir is not None:
+            self.events.status_message.emit(f"Training in {trainer.run_dir.path}")
 
     def _load_history(self, trainer: Trainer) -> None:
         """A resumed run shows its earlier curve too."""
+        if trainer.run_dir is None:
+            return
         try:
-            records = trainer.run.read_metrics()
+            records = trainer.run_dir.read_metrics()
         except LMStudioError:
             return
         for record in records:

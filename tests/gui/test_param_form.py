@@ -24,7 +24,7 @@ class FakeModelParams:
     bias: bool = param(True, help="Use bias terms")
     activation: str = param("gelu", choices=("gelu", "relu"))
     name: str = param("tiny")
-    special_tokens: list = param(["<unk>"])
+    special_tokens: list = param(["<unk>"])  # noqa: RUF009 (param copies list defaults per instance)
     vocab_path: str = param("")
     max_vocab: int | None = param(None, min=1, max=100_000)
 

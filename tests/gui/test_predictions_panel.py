@@ -7,8 +7,8 @@ import pytest
 import torch
 from PySide6.QtCore import Qt
 
-from lmstudio_app.gui.predictions_panel import NO_MODEL_HINT, PredictionsPanel, temperature_to_slider
-from lmstudio_app.gui.probability_chart import COL_ID, COL_LOGIT, COL_PROB, COL_SAMPLE
+from lmstudio_app.gui.predictions_panel import NO_MODEL_HINT, PredictionsPanel
+from lmstudio_app.gui.probability_chart import COL_ID, COL_LOGIT, COL_PROB, COL_SAMPLE, temperature_to_slider
 from lmstudio_app.inference import Predictor, softmax
 from lmstudio_app.params import build_params
 
@@ -86,9 +86,9 @@ def test_table_equals_core_prediction(qtbot, panel, predictor):
 
 def test_temperature_reshapes_distribution(qtbot, panel, predictor):
     base = wait_for(qtbot, panel)
-    panel.temperature_slider.setValue(temperature_to_slider(2.0))
+    panel.sampling.temperature_slider.setValue(temperature_to_slider(2.0))
     assert panel.temperature() == 2.0
-    assert "2" in panel.temperature_label.text()
+    assert "2" in panel.sampling.temperature_label.text()
     hot = wait_for(qtbot, panel, temperature=2.0)
     expected = softmax(hot.logits, 2.0)
     assert np.allclose(hot.probs, expected)
@@ -102,7 +102,7 @@ def test_temperature_reshapes_distribution(qtbot, panel, predictor):
 
 
 def test_top_k_greys_out_filtered_rows(qtbot, panel):
-    panel.top_k_spin.setValue(3)
+    panel.sampling.top_k_spin.setValue(3)
     qtbot.waitUntil(lambda: not panel.is_busy() and panel.prediction().top_k == 3, timeout=5000)
     samples = [row[3] for row in table_rows(panel)]
     assert all(s > 0 for s in samples[:3]) and all(s == 0 for s in samples[3:])
@@ -158,3 +158,31 @@ def test_hint_without_model(qtbot, session, events):
     assert [t.id for t in widget.chips.tokens()] == session.tokenizer.encode(widget.prompt())
     widget.generate()
     assert widget.message() == NO_MODEL_HINT and widget.output_edit.toPlainText() == ""
+
+
+def test_follows_the_live_model_while_training(qtbot, session, events, tmp_path):
+    import threading
+
+    trainer = session.create_trainer(tmp_path / "run")
+    widget = PredictionsPanel(session, events)
+    qtbot.addWidget(widget)
+    widget.show()
+    before = wait_for(qtbot, widget)
+
+    def train() -> None:
+        for _ in trainer.steps():
+            if trainer.step >= 12:
+                trainer.control.stop()
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    while thread.is_alive():  # the GUI thread keeps turning while inference waits for the lock
+        events.model_updated.emit()
+        qtbot.wait(30)
+    thread.join()
+    events.training_paused.emit()
+    expected = session.predictor().next_token(widget.prompt(), k=10)
+    qtbot.waitUntil(lambda: not widget.is_busy() and widget.prediction() is not None
+                    and table_rows(widget) == [(c.id, c.logit, c.prob, c.sample_prob) for c in expected.candidates],
+                    timeout=5000)
+    assert not np.allclose(widget.prediction().logits, before.logits)  # the weights moved

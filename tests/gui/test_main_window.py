@@ -1,0 +1,179 @@
+"""The main window: opens on the demo corpus, loads files (menu path and drag-and-drop), shows
+errors without dying, persists its dock layout, and stops training cleanly when closed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from lmstudio_app.gui.dialogs import ExceptionHook
+from lmstudio_app.gui.main_window import DOCKS, MainWindow
+from lmstudio_app.gui.training_panel import IDLE, RUNNING
+from lmstudio_app.resources import demo_corpus_path
+from lmstudio_app.session import Session
+from lmstudio_app.settings import recent_files
+
+WAIT_MS = 30_000
+
+
+def drop_events(paths: list[Path]) -> tuple[QMimeData, QDragEnterEvent, QDropEvent]:
+    """Events as a drag from a file manager would send them (keep the QMimeData alive: the events
+    only point at it)."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    enter = QDragEnterEvent(QPoint(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                            Qt.KeyboardModifier.NoModifier)
+    drop = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                      Qt.KeyboardModifier.NoModifier)
+    return mime, enter, drop
+
+
+def test_first_launch_opens_on_the_demo_corpus(qtbot, registry):
+    window = MainWindow(Session(registry))
+    qtbot.addWidget(window)
+    window.show()
+    assert window.windowTitle() == "lmstudio — demo corpus"
+    assert {dock.objectName() for dock in window.docks.values()} == {f"{key}Dock" for key, *_ in DOCKS}
+    assert window.data_panel.table.rowCount() == 1
+    assert str(demo_corpus_path().name) in window.data_panel.table.item(0, 0).text()
+    assert window.training_panel.start_button.isEnabled()
+    assert window.device_label.text().startswith(("CPU", "CUDA", "Apple"))
+    shortcuts = {a.text(): a.shortcut().toString() for a in window.findChildren(type(window.start_action))}
+    assert shortcuts["&Start"] == "Ctrl+R" and shortcuts["S&top"] == "Ctrl+."
+    assert window.pause_action.shortcuts()[1] == QKeySequence("Space")
+    window.close()
+
+
+def test_open_files_through_the_session_path(qtbot, main_window, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("hello world, this is a small text.\n" * 20, encoding="utf-8")
+    main_window.data_panel.load_paths([other], replace=True)  # what File → Open files… calls
+    qtbot.waitUntil(lambda: not main_window.data_panel.is_busy(), timeout=WAIT_MS)
+    assert [Path(i.path) for i in main_window.session.file_infos] == [other]
+    assert main_window.windowTitle() == "lmstudio — other.txt"
+    assert recent_files()[0] == str(other.absolute())
+
+
+def test_drag_and_drop_adds_files(qtbot, main_window, tmp_path, tiny_text_file):
+    dropped = tmp_path / "dropped.txt"
+    dropped.write_text("dropped text file with some words.\n" * 20, encoding="utf-8")
+    mime, enter, drop = drop_events([dropped])
+    main_window.dragEnterEvent(enter)
+    assert enter.isAccepted()
+    main_window.dropEvent(drop)
+    qtbot.waitUntil(lambda: len(main_window.session.file_infos) == 2, timeout=WAIT_MS)
+    assert [Path(i.path).name for i in main_window.session.file_infos] == ["tiny.txt", "dropped.txt"]
+    assert "dropped text file" in main_window.session.text
+    assert main_window.data_panel.table.rowCount() == 2
+
+
+def test_bad_file_shows_an_error_and_the_app_keeps_working(qtbot, main_window, modals, tmp_path):
+    binary = tmp_path / "image.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    before = main_window.session.text
+    main_window.data_panel.load_paths([binary], replace=True)
+    qtbot.waitUntil(lambda: len(modals.shown) == 1, timeout=WAIT_MS)
+    assert modals.shown[0].kind == "ErrorDialog"
+    assert "image.png" in modals.shown[0].text and "\n" not in modals.shown[0].text
+    assert main_window.session.text == before
+    good = tmp_path / "good.txt"
+    good.write_text("still working fine.\n" * 10, encoding="utf-8")
+    main_window.data_panel.load_paths([good], replace=True)
+    qtbot.waitUntil(lambda: "still working" in main_window.session.text, timeout=WAIT_MS)
+
+
+def test_menu_errors_become_dialogs(qtbot, main_window, modals, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n", encoding="utf-8")
+    main_window._guard(lambda: main_window.apply_preset(bad))
+    assert [d.kind for d in modals.shown] == ["ErrorDialog"] and "bad.toml" in modals.shown[0].text
+
+
+def test_uncaught_exceptions_go_to_a_dialog(qtbot, main_window, modals):
+    hook = ExceptionHook(lambda: main_window).install()
+    try:
+        try:
+            raise RuntimeError("boom in a slot")
+        except RuntimeError:
+            sys.excepthook(*sys.exc_info())
+        qtbot.waitUntil(lambda: len(modals.shown) == 1, timeout=WAIT_MS)
+    finally:
+        hook.uninstall()
+    assert modals.shown[0].text == "Unexpected error: RuntimeError: boom in a slot"
+    assert "Traceback" in modals.shown[0].details
+    assert main_window.isVisible()
+
+
+def test_dock_layout_persists_across_windows(qtbot, session):
+    first = MainWindow(session)
+    qtbot.addWidget(first)
+    first.show()
+    first.docks["pipeline"].hide()
+    first.docks["model"].setFloating(True)
+    first.close()
+    second = MainWindow(session)
+    qtbot.addWidget(second)
+    second.show()
+    assert second.docks["pipeline"].isHidden()
+    assert second.docks["model"].isFloating()
+    second.reset_layout()
+    assert not second.docks["pipeline"].isHidden() and not second.docks["model"].isFloating()
+    second.close()
+
+
+def test_closing_during_training_stops_the_worker_and_keeps_a_checkpoint(qtbot, session):
+    session.set_train({"max_steps": 100_000})
+    window = MainWindow(session)
+    qtbot.addWidget(window)
+    window.show()
+    window.start_action.trigger()  # Training → Start (Ctrl+R)
+    panel = window.training_panel
+    qtbot.waitUntil(lambda: panel.state == RUNNING and session.trainer.step > 3, timeout=WAIT_MS)
+    thread = panel.runner.thread
+    window.close()
+    assert thread.isFinished()
+    assert session.trainer.stop_reason == "stopped"
+    checkpoints = session.trainer.run_dir.path / "checkpoints"
+    assert any(p.name.startswith("step_") for p in checkpoints.iterdir())
+
+
+def test_plugins_and_about_dialogs_open_from_the_menus(qtbot, main_window, modals):
+    main_window.show_plugins()
+    main_window.show_about()
+    assert [d.kind for d in modals.shown] == ["PluginsDialog", "QMessageBox"]
+    assert "lmstudio" in modals.shown[1].text
+
+
+def test_app_main_starts_and_quits(qtbot, monkeypatch):
+    from lmstudio_app.gui import app as app_module
+
+    def close_soon() -> None:
+        for widget in QApplication.topLevelWidgets():
+            if isinstance(widget, MainWindow):
+                assert widget.session.using_demo
+                widget.close()
+        QApplication.instance().quit()
+
+    QTimer.singleShot(300, close_soon)
+    assert app_module.main([]) == 0
+    assert sys.excepthook is not None
+
+
+@pytest.mark.parametrize("answer, expected", [(QMessageBox.StandardButton.Yes, True),
+                                              (QMessageBox.StandardButton.No, False)])
+def test_latin1_file_offers_another_encoding(qtbot, main_window, modals, tmp_path, answer, expected):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("na\xefve caf\xe9 text\n".encode("latin-1") * 30)
+    modals.answers.append(answer)
+    main_window.data_panel.load_paths([latin], replace=True)
+    qtbot.waitUntil(lambda: modals.shown and not main_window.data_panel.is_busy(), timeout=WAIT_MS)
+    qtbot.wait(50)
+    assert modals.shown[0].kind == "QMessageBox" and "latin.txt" in modals.shown[0].text
+    assert ("café" in main_window.session.text) is expected
+    if not expected:
+        assert modals.shown[-1].kind == "ErrorDialog"

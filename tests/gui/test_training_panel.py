@@ -1,0 +1,205 @@
+"""The Training dock: real clicks start, pause, resume and stop a tiny run; the plot fills up."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QElapsedTimer, Qt, QTimer
+
+from lmstudio_app.devices import available_devices
+from lmstudio_app.gui.loss_plot import LossPlot, SeriesBuffer, ema
+from lmstudio_app.gui.training_panel import IDLE, PAUSED, RUNNING, TrainingPanel, format_duration
+
+WAIT_MS = 30_000  # generous: the CPU is shared with other test runs
+
+
+@pytest.fixture
+def panel(qtbot, session, events):
+    widget = TrainingPanel(session, events)
+    qtbot.addWidget(widget)
+    widget.show()
+    yield widget
+    widget.stop_and_wait()
+
+
+def click(qtbot, button) -> None:
+    assert button.isEnabled(), f"{button.objectName()} is disabled"
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def buttons(panel) -> dict[str, bool]:
+    return {b.objectName(): b.isEnabled() for b in
+            (panel.start_button, panel.pause_button, panel.resume_button, panel.stop_button)}
+
+
+def test_start_pause_resume_stop_with_real_clicks(qtbot, panel, session, events, tmp_path):
+    panel.form.widget_for("max_steps").setValue(100_000)  # long enough to still run while we click
+    assert session.config.train.max_steps == 100_000  # the form commits to the session
+    started = []
+    events.training_started.connect(lambda: started.append(True))
+    assert buttons(panel) == {"startButton": True, "pauseButton": False, "resumeButton": False, "stopButton": False}
+
+    click(qtbot, panel.start_button)
+    qtbot.waitUntil(lambda: panel.state == RUNNING, timeout=WAIT_MS)
+    assert started and not panel.form.isEnabled()
+    # loss points arrive in the plot: read the curve's own data after a timer redraw
+    qtbot.waitUntil(lambda: (panel.loss_plot.train_raw_curve.getData()[0] is not None
+                             and len(panel.loss_plot.train_raw_curve.getData()[0]) >= 3), timeout=WAIT_MS)
+    x, y = panel.loss_plot.train_raw_curve.getData()
+    assert np.all(np.diff(x) > 0) and np.all(np.isfinite(y)) and y[0] > 0
+    assert len(panel.loss_plot.train_curve.getData()[0]) == len(x)  # the smoothed curve follows
+
+    click(qtbot, panel.pause_button)
+    assert panel.state == PAUSED and session.trainer.control.paused
+    assert buttons(panel) == {"startButton": False, "pauseButton": False, "resumeButton": True, "stopButton": True}
+    qtbot.wait(300)
+    step_paused = session.trainer.step
+    qtbot.wait(300)
+    assert session.trainer.step == step_paused  # really paused at a step boundary
+    assert session.predictor().next_token("the").probs.sum() == pytest.approx(1.0)  # probe while paused
+
+    click(qtbot, panel.resume_button)
+    assert panel.state == RUNNING and not session.trainer.control.paused
+    qtbot.waitUntil(lambda: session.trainer.step > step_paused, timeout=WAIT_MS)
+
+    finished = []
+    events.training_finished.connect(finished.append)
+    click(qtbot, panel.stop_button)
+    qtbot.waitUntil(lambda: panel.state == IDLE, timeout=WAIT_MS)
+    assert finished == ["stopped"]
+    assert buttons(panel)["startButton"] and panel.save_button.isEnabled()
+    checkpoints = list((session.trainer.run_dir.path / "checkpoints").iterdir())
+    assert checkpoints, "stopping saves a final checkpoint"
+
+
+def test_a_short_run_to_the_end_shows_validation_points_samples_and_progress(qtbot, panel, session):
+    panel.form.widget_for("max_steps").setValue(30)
+    click(qtbot, panel.start_button)
+    qtbot.waitUntil(lambda: panel.state == IDLE and session.trainer is not None, timeout=WAIT_MS)
+    panel.loss_plot.redraw()
+    val_x, val_y = panel.loss_plot.val_curve.getData()
+    assert list(val_x) == [10, 20, 30]  # eval_interval 10 in the tiny config
+    assert panel.progress.value() == 30 and panel.progress.maximum() == 30
+    assert "step 30" in panel.samples.toPlainText()
+    assert panel.rate_label.text() == "Training finished"
+    lr_x, lr_y = panel.loss_plot.lr_curve.getData()
+    assert len(lr_x) == 30 and lr_y.max() <= session.config.train.learning_rate + 1e-12
+
+
+def test_invalid_setting_blocks_start_with_a_dialog(qtbot, panel, session, modals):
+    panel.form.widget_for("batch_size").setValue(0)
+    assert panel.form.error() and "batch_size" in panel.form.error()
+    click(qtbot, panel.start_button)
+    assert panel.state == IDLE and session.trainer is None
+    assert [d.kind for d in modals.shown] == ["ErrorDialog"] and "batch_size" in modals.shown[0].text
+
+
+def test_device_combo_and_presets(qtbot, panel, session, events):
+    devices = [panel.device_combo.itemData(i) for i in range(panel.device_combo.count())]
+    assert devices == available_devices()
+    panel.device_combo.setCurrentIndex(devices.index("cpu"))
+    assert session.config.train.device == "cpu"
+    changed = []
+    events.model_config_changed.connect(lambda: changed.append(True))
+    index = panel.preset_combo.findData("default")
+    panel.preset_combo.activated.emit(index)
+    assert changed and session.config.model.params["n_layer"] == 2
+    assert panel.form.values()["max_steps"] == session.config.train.max_steps == 600
+
+
+def test_series_buffer_grows_and_thins_older_points():
+    buffer = SeriesBuffer(max_points=8, capacity=2)
+    for i in range(8):
+        buffer.append(i, i * 10)
+    assert list(buffer.x) == list(range(8))
+    buffer.append(8, 80)  # full: the older half (0..3) is thinned 2:1, the recent half kept
+    assert list(buffer.x) == [0, 2, 4, 5, 6, 7, 8]
+    for i in range(9, 10_000):
+        buffer.append(i, i)
+    assert buffer.size <= 8 and buffer.x[-1] == 9999 and np.all(np.diff(buffer.x) > 0)
+
+
+def test_ema_matches_a_plain_loop():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=1000)
+    for smoothing in (0.0, 0.3, 0.9, 0.99):
+        expected, state = [], 0.0
+        for t, v in enumerate(values, start=1):
+            state = smoothing * state + (1 - smoothing) * v
+            expected.append(state / (1 - smoothing**t) if smoothing else state)
+        assert np.allclose(ema(values, smoothing), expected)
+
+
+def test_loss_plot_smoothing_log_scale_and_100k_points(qtbot):
+    plot = LossPlot(max_points=50_000)
+    qtbot.addWidget(plot)
+    plot.show()
+    n = 120_000
+    losses = 3.0 * np.exp(-np.arange(n) / 20_000) + 0.5
+    for i in range(n):
+        plot.add_point(i + 1, losses[i], lr=1e-3, val_loss=losses[i] if i % 1000 == 0 else None)
+    assert plot.train.size <= 50_000 and plot.train.x[-1] == n  # memory stays bounded
+    timer = QElapsedTimer()
+    timer.start()
+    plot.redraw()
+    qtbot.wait(10)
+    print(f"\nredraw with {plot.train.size} buffered points: {timer.elapsed()} ms")
+    incremental = plot.smoothed.y.copy()
+    plot.smoothing_slider.setValue(60)  # the same smoothing, recomputed in one vectorised pass
+    plot.set_smoothing(0.6)
+    assert np.allclose(plot.smoothed.y, ema(plot.train.y, 0.6))
+    assert np.allclose(incremental[-100:], plot.smoothed.y[-100:], rtol=1e-3)
+    plot.smoothing_slider.setValue(0)
+    assert np.allclose(plot.smoothed.y, plot.train.y)
+    plot.log_checkbox.setChecked(True)
+    assert plot.plot_item.ctrl.logYCheck.isChecked()
+
+
+def test_ui_stays_responsive_while_training(qtbot, panel, session):
+    """Worst gap between 5 ms timer ticks during a short run: printed, with a sanity bound."""
+    panel.form.widget_for("max_steps").setValue(60)
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(tick)
+    click(qtbot, panel.start_button)
+    qtbot.waitUntil(lambda: panel.state == RUNNING, timeout=WAIT_MS)
+    last[0] = time.perf_counter()
+    timer.start()
+    qtbot.waitUntil(lambda: panel.state == IDLE, timeout=WAIT_MS)
+    timer.stop()
+    worst = max(gaps) * 1000
+    print(f"\nworst UI event-loop stall during training: {worst:.1f} ms over {len(gaps)} ticks")
+    assert worst < 1000
+
+
+def test_format_duration():
+    assert format_duration(5) == "5s"
+    assert format_duration(65) == "1m 05s"
+    assert format_duration(3 * 3600 + 120) == "3h 02m"
+
+
+def test_save_checkpoint_button(qtbot, panel, session):
+    panel.form.widget_for("max_steps").setValue(5)
+    click(qtbot, panel.start_button)
+    qtbot.waitUntil(lambda: panel.state == IDLE and session.trainer is not None, timeout=WAIT_MS)
+    folder: Path = session.trainer.run_dir.path / "checkpoints"
+    for entry in folder.iterdir():  # start from an empty folder: the click must write one
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    with qtbot.waitSignal(panel.events.status_message, timeout=WAIT_MS) as saved:
+        click(qtbot, panel.save_button)
+    message = saved.args[0]
+    assert message.startswith("Checkpoint saved: ")
+    written = Path(message.split(": ", 1)[1])
+    assert written.exists() and written.parent == folder
