@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .registry import PluginRegistry
 
 ProgressCallback = Callable[[str, int, int], None]
+_DEFAULT_THREADS = torch.get_num_threads()  # PyTorch's choice, before any run sets train.threads
 
 
 @dataclass
@@ -184,8 +185,8 @@ class Trainer:
                 f"train.grad_accum: {cfg.grad_accum} does not divide train.batch_size {cfg.batch_size} "
                 "(each micro-batch holds batch_size / grad_accum sequences)"
             )
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+        # The thread count is process-wide: "0" must restore the default after an earlier run.
+        torch.set_num_threads(cfg.threads if cfg.threads > 0 else _DEFAULT_THREADS)
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
         self.dtype = autocast_dtype(self.device, cfg.dtype)

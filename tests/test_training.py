@@ -16,7 +16,7 @@ import torch
 from lmstudio_app import hookimpl
 from lmstudio_app.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
 from lmstudio_app.config import config_from_dict
-from lmstudio_app.errors import CheckpointError, ConfigError, PluginCallError, TrainingError
+from lmstudio_app.errors import CheckpointError, ConfigError, ParamError, PluginCallError, TrainingError
 from lmstudio_app.params import param
 from lmstudio_app.registry import PluginRegistry
 from lmstudio_app.runs import RunDir
@@ -65,6 +65,9 @@ def test_loss_goes_down_without_a_run_folder(registry, corpus_file, tmp_path):
     assert reports[0].train_loss > math.log(trainer.tokenizer.vocab_size) - 0.5
     assert last.train_loss < reports[0].train_loss - 0.5 and last.val_loss < reports[0].train_loss - 0.5
     assert list((tmp_path / "home").glob("*")) == []  # nothing written
+    assert trainer.evaluate(batches=3, split="train") < reports[0].train_loss - 0.5
+    with pytest.raises(ParamError, match="split: 'test'"):
+        trainer.evaluate(split="test")
     with pytest.raises(CheckpointError, match="no run folder"):
         trainer.save_checkpoint()
 
