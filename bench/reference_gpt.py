@@ -83,10 +83,14 @@ def lr_at(step: int, c: RefConfig) -> float:
     return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def train_reference(train: torch.Tensor, c: RefConfig) -> tuple[RefGPT, float, int]:
-    """Train and return (model, seconds spent in the loop, tokens processed)."""
+def train_reference(
+    train: torch.Tensor, c: RefConfig, device: torch.device | str = "cpu"
+) -> tuple[RefGPT, float, int]:
+    """Train in fp32 on ``device``; return (model, seconds spent in the loop, tokens processed)."""
     torch.manual_seed(c.seed)
-    model = RefGPT(c)
+    device = torch.device(device)
+    model = RefGPT(c).to(device)
+    train = train.to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -96,7 +100,7 @@ def train_reference(train: torch.Tensor, c: RefConfig) -> tuple[RefGPT, float, i
     g = torch.Generator().manual_seed(c.seed)
     t0 = time.perf_counter()
     for step in range(c.max_steps):
-        ix = torch.randint(len(train) - c.block_size - 1, (c.batch_size,), generator=g)
+        ix = torch.randint(len(train) - c.block_size - 1, (c.batch_size,), generator=g).tolist()
         x = torch.stack([train[i : i + c.block_size] for i in ix])
         y = torch.stack([train[i + 1 : i + 1 + c.block_size] for i in ix])
         for group in opt.param_groups:
@@ -107,4 +111,6 @@ def train_reference(train: torch.Tensor, c: RefConfig) -> tuple[RefGPT, float, i
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return model, time.perf_counter() - t0, c.max_steps * c.batch_size * c.block_size

@@ -1,8 +1,8 @@
-"""``python -m lmstudio_app``: the same as the ``lmstudio`` command."""
+"""``python -m lmstudio_app``: the same as the ``lmstudio`` command (and what torchrun's ``-m`` runs)."""
 
 import sys
 
-from .cli import main
+from .launcher import main
 
 if __name__ == "__main__":
     sys.exit(main())

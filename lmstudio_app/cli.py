@@ -1,45 +1,34 @@
-"""The ``lmstudio`` command: train, evaluate, probe and sample models without the GUI.
+"""The ``lmstudio`` command: train, evaluate, probe, sample and export models without the GUI.
 
-``lmstudio`` alone opens the desktop app. Every failure the user can cause prints one line,
+``lmstudio`` alone opens the desktop app (launcher.py passes ``main`` the function that starts
+it, so this module never imports Qt). Every failure the user can cause prints one line,
 ``lmstudio: error: <message>``, and exits non-zero (2 for usage and config mistakes, 1 for the
 rest, 130 after Ctrl-C); set ``LMSTUDIO_DEBUG=1`` to see tracebacks.
 
 Relative paths in a config's ``[data].files`` are looked up next to the config file first and
 then in the current folder; the run's saved ``config.toml`` holds the absolute paths found.
+Under ``torchrun`` the ``train`` command trains data-parallel (see docs/distributed.md); only
+rank 0 prints progress and writes the run folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
-import signal
 import sys
-import threading
-import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import NoReturn
 
-from .config import (
-    RunConfig,
-    apply_overrides,
-    config_from_dict,
-    load_config,
-    parse_override,
-    validate_plugins,
-)
+from .config import RunConfig, apply_overrides, config_from_dict, parse_override
 from .errors import CheckpointError, ConfigError, LMStudioError, ParamError
 from .registry import PluginRegistry, user_plugin_dir
 from .runs import RunDir
 
 # training, inference and checkpoints are imported inside the commands that use them: they pull
 # in torch, which would make `lmstudio --help` take seconds to start.
-if TYPE_CHECKING:
-    from .training import StepMetrics
-
 PROG = "lmstudio"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -66,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. train.max_steps=500 (repeatable)")
     train.add_argument("--out", metavar="RUN_DIR", help="new run folder (default: a fresh folder under the runs folder)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--tensorboard", nargs="?", const="", metavar="LOG_DIR",
+                       help="also log to TensorBoard, in LOG_DIR (default: RUN_DIR/tensorboard)")
 
     ev = sub.add_parser("eval", help="validation loss of a run's latest checkpoint, as JSON")
     ev.add_argument("run_dir", metavar="RUN_DIR")
@@ -90,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, metavar="P", help="sample from the smallest set holding P of the mass")
     gen.add_argument("--seed", type=int, metavar="S", help="make the sample reproducible")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+
+    export = sub.add_parser("export", help="write a run's model for other tools (hf: a transformers folder)")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("out_dir", metavar="OUT_DIR", help="a new or empty folder")
+    export.add_argument("--format", dest="fmt", default="hf", metavar="FORMAT",
+                        help="hf = Hugging Face transformers (config.json, model.safetensors, tokenizer); the default")
+    export.add_argument("--checkpoint", metavar="DIR", help="one of the run's checkpoint folders (default: the latest)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds an earlier export")
 
     plugins = sub.add_parser("plugins", help="list plugins, what they provide and their errors")
     plugins.add_argument("--verbose", action="store_true", help="show the tracebacks of plugin errors")
@@ -126,113 +125,12 @@ def with_overrides(config: RunConfig, overrides: Sequence[str], source: str) -> 
     return config_from_dict(apply_overrides(raw, overrides), source)
 
 
-def _train_config(args: argparse.Namespace) -> RunConfig | None:
-    """The config to train with; with --resume, the run's own config plus any --set values."""
-    if args.config is None and args.resume is None:
-        raise UsageError("train: give a CONFIG.toml file, or --resume RUN_DIR")
-    if args.config is not None:
-        path = Path(args.config)
-        config = resolve_data_files(load_config(path), path.resolve().parent)
-        return with_overrides(config, args.overrides, str(path))
-    if not args.overrides:
-        return None  # the Trainer takes the run's saved config as it is
-    run = RunDir.open(args.resume)
-    return with_overrides(run.load_config(), args.overrides, str(run.config_path))
-
-
 # --- train ---------------------------------------------------------------------------------
 
-def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def format_step(m: StepMetrics, eta_s: float | None) -> str:
-    """One compact progress line: step, losses, learning rate, speed, time left."""
-    width = len(str(m.max_steps))
-    parts = [f"step {m.step:>{width}}/{m.max_steps}", f"loss {m.train_loss:.4f}"]
-    if m.val_loss is not None:
-        parts.append(f"val {m.val_loss:.4f}")
-    parts.append(f"lr {m.lr:.2e}")
-    parts.append(f"{m.tokens_per_s / 1000:.1f}k tok/s" if m.tokens_per_s >= 1000 else f"{m.tokens_per_s:.0f} tok/s")
-    if eta_s is not None:
-        parts.append(f"ETA {_duration(eta_s)}")
-    return " | ".join(parts)
-
-
-class _ProgressPrinter:
-    """One line per report; on a terminal a single line rewritten with ``\\r``, validations kept."""
-
-    def __init__(self, stream: TextIO, first_step: int) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.started = time.monotonic()
-        self.first_step = first_step  # where this session started (a resumed run starts later)
-        self.pending_cr = False
-
-    def __call__(self, m: StepMetrics) -> None:
-        done = m.step - self.first_step
-        eta = (time.monotonic() - self.started) / done * (m.max_steps - m.step) if done > 0 else None
-        line = format_step(m, eta)
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + line)
-            self.pending_cr = m.val_loss is None
-            if not self.pending_cr:
-                self.stream.write("\n")  # keep validation lines on screen
-        else:
-            self.stream.write(line + "\n")
-        if m.warning:
-            self.finish()
-            self.stream.write(f"warning: {m.warning}\n")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self.pending_cr:
-            self.stream.write("\n")
-            self.pending_cr = False
-        self.stream.flush()
-
-
 def cmd_train(args: argparse.Namespace, registry: PluginRegistry) -> int:
-    from .training import Trainer
+    from .cli_train import train_command  # its own module: progress lines, Ctrl-C, torchrun, TensorBoard
 
-    resume = args.resume is not None
-    if resume and args.out is not None:
-        raise UsageError("train: --out and --resume do not go together (a resumed run stays in its folder)")
-    config = _train_config(args)
-    if config is not None:  # name a bad key or a taken folder before minutes of tokenizing
-        validate_plugins(config, registry)
-    if not resume and args.out is not None:
-        RunDir.check_creatable(args.out)
-    print("preparing the corpus, tokenizer and model...", flush=True)
-    trainer = Trainer(config, registry, args.resume if resume else args.out, resume=resume)
-    if trainer.ignored_overrides:
-        print(f"note: a resumed run keeps its {', '.join(trainer.ignored_overrides)}", file=sys.stderr)
-    printer = _ProgressPrinter(sys.stdout, trainer.step)
-    interrupted = False
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        nonlocal interrupted
-        if interrupted:  # a second Ctrl-C: quit now, without the final checkpoint
-            raise KeyboardInterrupt
-        interrupted = True
-        trainer.control.stop()
-        sys.stderr.write("\nstopping after this step (Ctrl-C again to quit at once)...\n")
-
-    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
-    try:
-        print(f"training in {trainer.run_dir.path}: {trainer.model.num_parameters():,} parameters, "
-              f"{trainer.device.type}", flush=True)
-        for metrics in trainer.steps():
-            printer(metrics)
-    finally:
-        printer.finish()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    print(f"{trainer.stop_reason or 'finished'} at step {trainer.step}; run folder: {trainer.run_dir.path}", flush=True)
-    return EXIT_INTERRUPTED if interrupted else 0
+    return train_command(args, registry)
 
 
 # --- eval, predict, generate -----------------------------------------------------------------
@@ -302,6 +200,18 @@ def cmd_generate(args: argparse.Namespace, registry: PluginRegistry) -> int:
     return 0
 
 
+# --- export --------------------------------------------------------------------------------
+
+def cmd_export(args: argparse.Namespace, registry: PluginRegistry) -> int:
+    from .export_hf import export_run
+
+    out = export_run(args.run_dir, args.out_dir, registry, args.fmt, checkpoint=args.checkpoint,
+                     overwrite=args.overwrite)
+    print(f"exported {args.run_dir} to {out}; load it with "
+          f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
+
+
 # --- plugins -------------------------------------------------------------------------------
 
 def cmd_plugins(args: argparse.Namespace, registry: PluginRegistry) -> int:
@@ -328,53 +238,52 @@ def cmd_plugins(args: argparse.Namespace, registry: PluginRegistry) -> int:
 
 # --- entry point -----------------------------------------------------------------------------
 
-def _launch_gui(plugins_dirs: Sequence[str]) -> int:
-    # Imported by name only here: the headless commands must work (and stay fast) without Qt,
-    # and the layering contract keeps every static import of the GUI out of this module.
-    try:
-        gui_main = importlib.import_module("lmstudio_app.gui.app").main
-    except ImportError as exc:
-        _error(f"the desktop app cannot start ({type(exc).__name__}: {exc})")
-        return EXIT_ERROR
-    return int(gui_main([], plugins_dirs=list(plugins_dirs)) or 0)
-
-
-def _error(message: str) -> None:
+def print_error(message: str) -> None:
+    """The one line every failure prints: ``lmstudio: error: <first line of message>``."""
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
     print(f"{PROG}: error: {first}", file=sys.stderr, flush=True)
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
-            "generate": cmd_generate, "plugins": cmd_plugins}
+            "generate": cmd_generate, "export": cmd_export, "plugins": cmd_plugins}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (the console script passes it to exit)."""
+def main(argv: Sequence[str] | None = None, *, gui: Callable[[list[str]], int] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script passes it to exit).
+
+    Without a command, ``gui(plugins_dirs)`` opens the desktop app (see launcher.py); without
+    ``gui`` that is a usage error.
+    """
     debug = os.environ.get("LMSTUDIO_DEBUG", "") not in ("", "0")
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            return _launch_gui(args.plugins_dir)
-        registry = PluginRegistry.discover(plugins_dirs=args.plugins_dir)
+            if gui is None:
+                raise UsageError(f"no command given (commands: {', '.join(COMMANDS)})")
+            return gui(list(args.plugins_dir))
+        from .settings import disabled_plugins
+
+        # The plugins switched off in the app's plugins dialog stay off here too.
+        registry = PluginRegistry.discover(plugins_dirs=args.plugins_dir, disabled=disabled_plugins())
         return COMMANDS[args.command](args, registry)
     except SystemExit as exc:  # --help and --version exit through argparse
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     except KeyboardInterrupt:
-        _error("interrupted")
+        print_error("interrupted")
         return EXIT_INTERRUPTED
     except (UsageError, ConfigError, ParamError) as exc:
         if debug:
             traceback.print_exc()
-        _error(str(exc))
+        print_error(str(exc))
         return EXIT_USAGE
     except (LMStudioError, FileNotFoundError) as exc:
         if debug:
             traceback.print_exc()
-        _error(str(exc))
+        print_error(str(exc))
         return EXIT_ERROR
     except Exception as exc:  # noqa: BLE001 -- a bug: still one line, with a way to see more
         if debug:
             traceback.print_exc()
-        _error(f"{type(exc).__name__}: {exc}")
+        print_error(f"{type(exc).__name__}: {exc}")
         print("(run with LMSTUDIO_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_ERROR

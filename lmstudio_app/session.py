@@ -9,9 +9,10 @@ would also need: the work is done by the core modules (data, training, inference
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -91,7 +92,8 @@ class Session:
         # Bumped whenever the text or the tokenizer settings change, so a tokenizer or corpus
         # computed in a worker thread from stale inputs is thrown away instead of stored.
         self._generation = 0
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # held briefly, around reads and writes of the state
+        self._build_lock = threading.Lock()  # held while a tokenizer trains: one build at a time
         if self.config.data.files:
             self.set_files(self.config.data.files)
         else:
@@ -189,6 +191,17 @@ class Session:
         self, progress: ProgressCallback | None = None, cancel: CancelCheck | None = None
     ) -> Tokenizer:
         """Build (train, for BPE-like tokenizers) the configured tokenizer on the current text."""
+        with self._build_lock:
+            return self._build_tokenizer(progress, cancel)
+
+    def ensure_tokenizer(
+        self, progress: ProgressCallback | None = None, cancel: CancelCheck | None = None
+    ) -> Tokenizer:
+        """The current tokenizer, built first if there is none (once, however many threads ask)."""
+        with self._build_lock:
+            return self.tokenizer or self._build_tokenizer(progress, cancel)
+
+    def _build_tokenizer(self, progress: ProgressCallback | None, cancel: CancelCheck | None) -> Tokenizer:
         with self._lock:
             generation, text = self._generation, self.text
             tok_params, _ = validate_plugins(self.config, self.registry)
@@ -213,17 +226,19 @@ class Session:
         with self._lock:
             self._check_current(generation)
             self.tokenizer = tokenizer
-            self.corpus = None
+            self.corpus = None  # token arrays always belong to the current tokenizer
         return tokenizer
 
     def tokenize(self, progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> TokenizedCorpus:
         """Split the text into train/val token arrays, building the tokenizer first if needed."""
-        tokenizer = self.tokenizer or self.build_tokenizer(progress, cancel)
+        tokenizer = self.ensure_tokenizer(progress, cancel)
         with self._lock:
             generation, text, data = self._generation, self.text, self.config.data
         corpus = tokenize_corpus(tokenizer, text, data.val_fraction, data.val_split, progress=progress, cancel=cancel)
         with self._lock:
             self._check_current(generation)
+            if self.tokenizer is not tokenizer:  # rebuilt meanwhile: these IDs would not match it
+                raise Cancelled("the tokenizer was rebuilt meanwhile; tokenize again")
             self.corpus = corpus
         return corpus
 
@@ -240,7 +255,7 @@ class Session:
         activations are measured by running one meta forward pass and adding up what autograd
         saves for the backward pass.
         """
-        vocab_size = (self.tokenizer or self.build_tokenizer()).vocab_size
+        vocab_size = self.ensure_tokenizer().vocab_size
         _, model_params = validate_plugins(self.config, self.registry)
         spec = self.registry.model(self.config.model.plugin)
         train = self.config.train
@@ -279,8 +294,15 @@ class Session:
 
     def create_trainer(self, run_dir: str | Path | None = None) -> Trainer:
         """A new run on the session's corpus; the tokenizer and token arrays are reused."""
-        corpus = self.corpus or self.tokenize()
-        trainer = Trainer(copy_config(self.config), self.registry, run_dir, tokenizer=self.tokenizer, corpus=corpus)
+        with self._lock:
+            tokenizer, corpus = self.tokenizer, self.corpus
+        if corpus is None:
+            corpus = self.tokenize()
+            with self._lock:
+                tokenizer = self.tokenizer
+                if self.corpus is not corpus:  # the data changed while tokenizing
+                    raise Cancelled("the corpus changed while preparing the run; start again")
+        trainer = Trainer(copy_config(self.config), self.registry, run_dir, tokenizer=tokenizer, corpus=corpus)
         self._adopt_trainer(trainer)
         return trainer
 
@@ -359,5 +381,5 @@ def _activation_bytes(model: torch.nn.Module, batch: int, context: int, vocab_si
             logits = model(idx)
             torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten())
         return float(total)
-    except Exception:  # an op without a meta kernel: fall back to the logits, the largest term
+    except Exception:  # noqa: BLE001 — an op without a meta kernel: fall back to the logits, the largest term
         return float(batch * context * vocab_size * 4 * 3)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmstudio_app import cli
+from lmstudio_app import cli, launcher
 from lmstudio_app.demo_corpus import generate_demo_corpus
 from lmstudio_app.runs import RunDir
 
@@ -74,6 +74,15 @@ def restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)  # the Trainer applies train.threads process-wide
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_home(tmp_path_factory):
+    """User settings (e.g. disabled plugins) and default runs come from a throwaway folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        home = tmp_path_factory.mktemp("home")
+        patch.setenv("LMSTUDIO_HOME", str(home))
+        yield home
 
 
 @pytest.fixture(scope="module")
@@ -242,17 +251,76 @@ def test_third_party_model_from_a_plugins_dir_trains(tmp_path, capsys):
     assert json.loads(out)["next"]
 
 
-def test_no_command_opens_the_gui(monkeypatch, capsys):
+def test_no_command_opens_the_gui_through_the_launcher(monkeypatch, capsys):
     calls = []
     fake = type(sys)("lmstudio_app.gui.app")
     fake.main = lambda argv=None, plugins_dirs=(): calls.append((argv, list(plugins_dirs))) or 0
     monkeypatch.setitem(sys.modules, "lmstudio_app.gui.app", fake)
-    assert cli.main(["--plugins-dir", "somewhere"]) == 0
+    assert launcher.main(["--plugins-dir", "somewhere"]) == 0
     assert calls == [([], ["somewhere"])]
+    assert launcher.main(["plugins"]) == 0 and calls == [([], ["somewhere"])]  # a command: no GUI
     monkeypatch.setitem(sys.modules, "lmstudio_app.gui.app", None)  # import fails
-    code, _, err = run_cli([], capsys)
+    assert launcher.main([]) == 1
+    assert_one_line_error(capsys.readouterr().err, "desktop app")
+    code, _, err = run_cli([], capsys)  # the CLI alone never starts the GUI
+    assert code == 2
+    assert_one_line_error(err, "no command given")
+
+
+def test_plugins_disabled_in_the_app_stay_off(tmp_path, capsys, monkeypatch):
+    from lmstudio_app.settings import set_disabled_plugins
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    shutil.copy(ROOT / "plugins" / "lstm_example.py", folder / "lstm_example.py")
+    monkeypatch.setenv("LMSTUDIO_HOME", str(tmp_path / "home"))
+    set_disabled_plugins(["lstm_example"])
+    code, out, _ = run_cli(["--plugins-dir", str(folder), "plugins"], capsys)
+    assert code == 0
+    assert [line for line in out.splitlines() if line.startswith("lstm_example")][0].endswith("(disabled)")
+    config = write_tiny_config(tmp_path / "cfg")
+    code, _, err = run_cli(["--plugins-dir", str(folder), "train", str(config), "--set", "model.plugin=lstm"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "lstm")
+
+
+def test_export_writes_a_transformers_folder(trained_run, tmp_path, capsys):
+    out = tmp_path / "hf"
+    code, stdout, err = run_cli(["export", str(trained_run), str(out), "--format", "hf"], capsys)
+    assert code == 0, err
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
+    assert str(out) in stdout
+    code, _, err = run_cli(["export", str(trained_run), str(out)], capsys)  # not empty: refused
+    assert code == 1 and "lmstudio: error: " in err and str(out) in err
+    step10 = trained_run / "checkpoints" / "step_00000010"
+    code, _, err = run_cli(["export", str(trained_run), str(out), "--overwrite", "--checkpoint", str(step10)],
+                           capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["export", str(trained_run), str(tmp_path / "x"), "--format", "onnx"], capsys)
     assert code == 1
-    assert_one_line_error(err, "desktop app")
+    assert_one_line_error(err, "--format 'onnx'")
+
+
+def test_train_logs_to_tensorboard(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    config = write_tiny_config(tmp_path)
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", str(config), "--out", str(run), "--set", "train.max_steps=6",
+                              "--set", "train.eval_interval=6", "--set", "train.log_interval=3",
+                              "--tensorboard"], capsys)
+    assert code == 0, err
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(run / "tensorboard")).Reload().Scalars("train_loss")
+    assert [s.step for s in scalars] == [3, 6]
+    logs = tmp_path / "elsewhere"
+    code, _, err = run_cli(["train", "--resume", str(run), "--set", "train.max_steps=9", "--tensorboard", str(logs)],
+                           capsys)
+    assert code == 0, err
+    assert [s.step for s in EventAccumulator(str(logs)).Reload().Scalars("train_loss")] == [9]
 
 
 # --- end to end ------------------------------------------------------------------------------

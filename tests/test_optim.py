@@ -113,6 +113,14 @@ def test_adamw_decays_matrices_but_not_vectors(tie: bool) -> None:
     assert all(g["initial_lr"] == 1e-3 for g in opt.param_groups)
 
 
+@pytest.mark.skipif(
+    tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 4), reason="fused CPU AdamW needs torch 2.4"
+)
+def test_adamw_uses_the_fused_kernel_on_cpu() -> None:
+    (opt,) = build_optimizers(tiny_gpt(), cfg(), CPU)
+    assert opt.defaults["fused"] is True
+
+
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest() -> None:
     model = tiny_gpt(tie_weights=False)
     adamw, muon = build_optimizers(model, cfg(optimizer="muon", muon_lr=0.03), CPU)

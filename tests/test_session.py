@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,22 @@ def test_changing_the_text_while_building_discards_the_stale_tokenizer(session):
     with pytest.raises(Cancelled, match="changed"):
         session.build_tokenizer(progress=change_text_midway)
     assert session.tokenizer is None
+
+
+def test_concurrent_callers_share_one_tokenizer_build(session):
+    built = []
+    original = session._build_tokenizer
+
+    def counting(progress, cancel):
+        built.append(True)
+        return original(progress, cancel)
+
+    session._build_tokenizer = counting
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        tokenizers = list(pool.map(lambda _: session.ensure_tokenizer(), range(4)))
+    assert len(built) == 1 and all(t is tokenizers[0] for t in tokenizers)
+    corpus = session.tokenize()
+    assert session.ensure_tokenizer() is tokenizers[0] and session.corpus is corpus
 
 
 def test_model_preview_matches_the_real_model(session, registry):

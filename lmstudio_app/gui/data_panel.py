@@ -7,10 +7,12 @@ decodes any bytes) instead of leaving the person stuck.
 
 from __future__ import annotations
 
+import codecs
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -29,8 +31,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from PySide6.QtCore import Qt
 
+from ..data import FileInfo
 from ..errors import Cancelled, DataError, LMStudioError
 from ..session import Session
 from ..settings import add_recent_file
@@ -71,7 +73,7 @@ class DataPanel(QWidget):
 
         self.table = QTableWidget(0, 4)
         self.table.setObjectName("fileTable")
-        self.table.setHorizontalHeaderLabels(["File", "Size", "Characters", "Encoding"])
+        self.table.setHorizontalHeaderLabels(["File", "Size", "Characters", "Read as"])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().hide()
@@ -263,7 +265,7 @@ class DataPanel(QWidget):
         self.table.setRowCount(len(infos))
         for row, info in enumerate(infos):
             name = f"{Path(info.path).name} (demo corpus)" if self.session.using_demo else Path(info.path).name
-            cells = [name, human_size(info.size_bytes), f"{info.n_chars:,}", info.encoding]
+            cells = [name, human_size(info.size_bytes), f"{info.n_chars:,}", self._read_as(info)]
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setToolTip(str(info.path))
@@ -280,6 +282,15 @@ class DataPanel(QWidget):
         self.val_spin.blockSignals(False)
         self.refresh_stats()
         self._update_buttons()
+
+    def _read_as(self, info: FileInfo) -> str:
+        """The codec, or the description of the reader plugin that read the file."""
+        try:
+            codecs.lookup(info.encoding)
+            return info.encoding
+        except LookupError:
+            reader = self.session.registry.reader_for(info.path)
+            return reader.description if reader is not None else info.encoding
 
     def refresh_stats(self) -> None:
         corpus = self.session.corpus

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from types import TracebackType
-from typing import Callable
 
 import torch
 from PySide6 import __version__ as pyside_version
@@ -141,7 +141,7 @@ class ExceptionHook:
         self._previous_sys = sys.excepthook
         self._previous_threading = threading.excepthook
 
-    def install(self) -> "ExceptionHook":
+    def install(self) -> ExceptionHook:
         sys.excepthook = self._sys_hook
         threading.excepthook = self._thread_hook
         return self

@@ -7,8 +7,8 @@ closes and restored when it opens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from PySide6.QtCore import QByteArray, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
@@ -23,26 +23,13 @@ from ..settings import load_settings, recent_files, save_settings
 from . import dialogs
 from .data_panel import DataPanel
 from .events import AppEvents
+from .model_panel import ModelPanel
+from .pipeline_view import PipelineView
 from .plugins_dialog import PluginsDialog, open_plugin_folder
 from .predictions_panel import PredictionsPanel
+from .tokenizer_panel import TokenizerPanel
 from .training_panel import TrainingPanel
 from .worker import run_in_thread
-
-def _panel(module: str, name: str) -> type:  # TEMPORARY until the explorer panels land
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(f"lmstudio_app.gui.{module}"), name)
-    except ImportError:
-        class Missing(QLabel):
-            def __init__(self, session, events):
-                super().__init__(f"{name} not available yet")
-        return Missing
-
-
-TokenizerPanel = _panel("tokenizer_panel", "TokenizerPanel")
-ModelPanel = _panel("model_panel", "ModelPanel")
-PipelineView = _panel("pipeline_view", "PipelineView")
 
 STATE_VERSION = 1  # bump when the set of docks changes, so an old saved layout is ignored
 GEOMETRY_KEY, STATE_KEY = "window_geometry", "window_state"
@@ -305,14 +292,14 @@ class MainWindow(QMainWindow):
 
     # ---- drag and drop -----------------------------------------------------------------------
 
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 (Qt override)
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         urls = event.mimeData().urls()
         if urls and all(url.isLocalFile() for url in urls):
             event.acceptProposedAction()
         else:
             event.ignore()
 
-    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 (Qt override)
+    def dropEvent(self, event: QDropEvent) -> None:
         paths = [url.toLocalFile() for url in event.mimeData().urls() if url.isLocalFile()]
         if paths:
             event.acceptProposedAction()
@@ -320,7 +307,7 @@ class MainWindow(QMainWindow):
 
     # ---- closing -----------------------------------------------------------------------------
 
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt override)
+    def closeEvent(self, event: QCloseEvent) -> None:
         """Stop a running trainer and wait for it (it saves a final checkpoint), then close."""
         if self.training_panel.is_training():
             self.statusBar().showMessage("Stopping the training and saving a checkpoint…")

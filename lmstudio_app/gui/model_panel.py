@@ -14,7 +14,7 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
-from ..errors import LMStudioError
+from ..errors import Cancelled, LMStudioError
 from ..params import params_to_dict
 from ..session import ModelPreview, Session
 from .dialogs import describe_exception
@@ -212,6 +212,8 @@ class ModelPanel(QWidget):
         def job(_report: Any, _cancelled: Any) -> tuple:
             try:
                 return request_id, had_tokenizer, session.model_preview(), None
+            except Cancelled:  # the corpus changed under the tokenizer it built: ask again
+                return request_id, had_tokenizer, None, None
             except LMStudioError as exc:
                 return request_id, had_tokenizer, None, str(exc)
 
@@ -222,7 +224,9 @@ class ModelPanel(QWidget):
         self._in_flight = False
         if not had_tokenizer and self.session.tokenizer is not None:
             self.events.tokenizer_changed.emit()  # model_preview built it to learn the vocabulary size
-        if request_id == self._request_id and not self._pending:
+        if preview is None and problem is None:
+            self.refresh_preview()
+        elif request_id == self._request_id and not self._pending:
             if problem is not None:
                 self._preview = None
                 self._show_error(problem)

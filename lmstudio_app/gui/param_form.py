@@ -238,7 +238,16 @@ class ParamForm(QWidget):
 
     def params(self) -> Any:
         """A validated params instance; raises :class:`ParamError` naming the key at fault."""
-        return build_params(self.params_cls, self.values(), self.where)
+        try:
+            return build_params(self.params_cls, self.values(), self.where)
+        except ParamError:
+            raise
+        except Exception:  # noqa: BLE001 — a plugin's __post_init__/validate raising anything else
+            raise ParamError(self._validate_message()) from None
+
+    def _validate_message(self) -> str:
+        self._validate()
+        return self._error or f"{self.where or self.params_cls.__name__}: invalid parameters"
 
     def error(self) -> str | None:
         """The current validation message (also shown in red under the form), or None."""
@@ -355,6 +364,9 @@ class ParamForm(QWidget):
                 build_params(self.params_cls, values, self.where)
             except ParamError as exc:
                 message = str(exc)
+            except Exception as exc:  # noqa: BLE001 — plugin code must not break the form
+                prefix = f"{self.where}: " if self.where else ""
+                message = f"{prefix}{type(exc).__name__}: {exc}"
         for name, field in self._fields.items():
             self._mark_invalid(field.editor, name == bad_field)
         self._error = message

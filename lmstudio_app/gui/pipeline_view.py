@@ -111,6 +111,9 @@ class PipelineView(QWidget):
 
         self._debounce = QTimer(self, singleShot=True, interval=80)
         self._debounce.timeout.connect(self._start_query)
+        self._throttle = QTimer(self, singleShot=True)
+        self._throttle.timeout.connect(self.refresh)
+        self._model_dirty = False
         events.prompt_changed.connect(self.set_prompt)
         events.model_updated.connect(self._on_model_updated)
         for signal in (events.training_paused, events.training_started, events.training_finished,
@@ -159,7 +162,16 @@ class PipelineView(QWidget):
 
     def _on_model_updated(self) -> None:
         self._weights_version += 1
-        if self.isVisible() and (time.monotonic() - self._last_refresh) * 1000 >= _TRAINING_REFRESH_MS:
+        if not self.isVisible():
+            self._model_dirty = True  # a hidden view catches up when shown
+        elif not self._throttle.isActive():
+            wait = _TRAINING_REFRESH_MS - (time.monotonic() - self._last_refresh) * 1000
+            self._throttle.start(max(0, int(wait)))
+
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        if self._model_dirty:
+            self._model_dirty = False
             self.refresh()
 
     def _on_model_replaced(self, *_args: Any) -> None:

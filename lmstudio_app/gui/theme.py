@@ -7,8 +7,8 @@ themselves when :func:`on_scheme_changed` fires.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pyqtgraph as pg
 from PySide6.QtCore import QObject, Qt

@@ -45,7 +45,7 @@ IDLE, PREPARING, RUNNING, PAUSED = "idle", "preparing", "running", "paused"
 
 
 def format_duration(seconds: float) -> str:
-    seconds = max(int(round(seconds)), 0)
+    seconds = max(round(seconds), 0)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
@@ -249,7 +249,7 @@ class TrainingPanel(QWidget):
         self.form.set_values(params_to_dict(train))
         index = self.device_combo.findData(train.device)
         self.device_combo.blockSignals(True)
-        self.device_combo.setCurrentIndex(index if index >= 0 else 0)
+        self.device_combo.setCurrentIndex(max(index, 0))
         self.device_combo.blockSignals(False)
 
     # ---- preparing and launching -----------------------------------------------------------

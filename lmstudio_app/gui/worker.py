@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import threading
 import traceback
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar
 
-from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, QRunnable, Qt, QThread, QThreadPool, Signal, Slot
 
 from ..errors import LMStudioError
 from ..training import Trainer
@@ -41,7 +42,7 @@ class TrainingWorker(QObject):
                 self.step.emit(metrics)
         except LMStudioError as exc:
             self.failed.emit(str(exc), traceback.format_exc())
-        except Exception as exc:  # a bug must end this run with a dialog, not kill the app
+        except Exception as exc:  # noqa: BLE001 — a bug must end this run with a dialog, not kill the app
             self.failed.emit(describe_exception(exc), traceback.format_exc())
         else:
             self.finished.emit(str(self.trainer.stop_reason or "finished"))
@@ -80,9 +81,10 @@ class TrainingRunner(QObject):
         worker.step.connect(self.step)
         worker.finished.connect(self._on_finished)
         worker.failed.connect(self._on_failed)
-        # The thread's event loop only has to run worker.run; quit as soon as it returns.
-        worker.finished.connect(thread.quit)
-        worker.failed.connect(thread.quit)
+        # The thread's event loop only has to run worker.run; quit as soon as it returns. Direct
+        # connections: a queued quit would wait for the GUI thread, which may be blocked in wait().
+        worker.finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
+        worker.failed.connect(thread.quit, Qt.ConnectionType.DirectConnection)
         self.worker, self.thread = worker, thread
         thread.start()
 
@@ -137,7 +139,7 @@ class BackgroundTask(QRunnable, Generic[T]):
     """One call of ``fn(report, is_cancelled)`` on the global thread pool; results come back
     as queued signals, so ``on_done``/``on_error``/``progress`` run in the GUI thread."""
 
-    _active: set["BackgroundTask[Any]"] = set()  # keeps tasks alive until they reported back
+    _active: ClassVar[set[BackgroundTask[Any]]] = set()  # keeps tasks alive until they reported back
 
     def __init__(self, fn: Callable[[ReportFn, CancelledFn], T]) -> None:
         super().__init__()

@@ -122,11 +122,27 @@ class CausalSelfAttention(nn.Module):
             sin = self.rope_sin[:T].to(q.dtype)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )  # (B, nh, T, hd)
+        dropout = self.dropout if self.training else 0.0
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+            y = self._explicit_attention(q, k, v, dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hd) + causal mask) v, written out.
+
+        PyTorch's fused CPU attention is slow in bf16 (at head size 32 its backward pass takes
+        5x as long as these three ops), so bf16 training on a CPU takes this path; the
+        softmax runs in fp32.
+        """
+        T = q.size(-2)
+        att = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(self.head_dim))  # (B, nh, T, T)
+        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)  # (T, T): j > i is hidden
+        att = att.masked_fill(future, float("-inf")).softmax(dim=-1)
+        att = F.dropout(att, dropout, training=dropout > 0)
+        return att.to(v.dtype) @ v  # (B, nh, T, hd)
 
 
 class MLP(nn.Module):

@@ -26,10 +26,10 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from PySide6.QtWidgets import QDialog, QMessageBox  # noqa: E402
+from PySide6.QtWidgets import QDialog, QMessageBox
 
-from lmstudio_app.config import RunConfig, load_preset  # noqa: E402
-from lmstudio_app.resources import demo_corpus_path  # noqa: E402
+from lmstudio_app.config import RunConfig, load_preset
+from lmstudio_app.resources import demo_corpus_path
 
 TINY_PRESET = """
 [tokenizer]

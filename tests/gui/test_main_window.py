@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from lmstudio_app.gui.dialogs import ExceptionHook
 from lmstudio_app.gui.main_window import DOCKS, MainWindow
-from lmstudio_app.gui.training_panel import IDLE, RUNNING
+from lmstudio_app.gui.training_panel import RUNNING
 from lmstudio_app.resources import demo_corpus_path
 from lmstudio_app.session import Session
 from lmstudio_app.settings import recent_files
@@ -26,7 +26,7 @@ def drop_events(paths: list[Path]) -> tuple[QMimeData, QDragEnterEvent, QDropEve
     only point at it)."""
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
-    enter = QDragEnterEvent(QPoint(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+    enter = QDragEnterEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
                             Qt.KeyboardModifier.NoModifier)
     drop = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
                       Qt.KeyboardModifier.NoModifier)
@@ -62,11 +62,11 @@ def test_open_files_through_the_session_path(qtbot, main_window, tmp_path):
 def test_drag_and_drop_adds_files(qtbot, main_window, tmp_path, tiny_text_file):
     dropped = tmp_path / "dropped.txt"
     dropped.write_text("dropped text file with some words.\n" * 20, encoding="utf-8")
-    mime, enter, drop = drop_events([dropped])
+    _mime, enter, drop = drop_events([dropped])  # _mime keeps the data alive until the drop
     main_window.dragEnterEvent(enter)
     assert enter.isAccepted()
     main_window.dropEvent(drop)
-    qtbot.waitUntil(lambda: len(main_window.session.file_infos) == 2, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not main_window.data_panel.is_busy(), timeout=WAIT_MS)
     assert [Path(i.path).name for i in main_window.session.file_infos] == ["tiny.txt", "dropped.txt"]
     assert "dropped text file" in main_window.session.text
     assert main_window.data_panel.table.rowCount() == 2
@@ -149,19 +149,26 @@ def test_plugins_and_about_dialogs_open_from_the_menus(qtbot, main_window, modal
     assert "lmstudio" in modals.shown[1].text
 
 
-def test_app_main_starts_and_quits(qtbot, monkeypatch):
+def test_app_main_opens_the_window_on_the_demo_corpus(qtbot, monkeypatch):
     from lmstudio_app.gui import app as app_module
 
-    def close_soon() -> None:
-        for widget in QApplication.topLevelWidgets():
-            if isinstance(widget, MainWindow):
-                assert widget.session.using_demo
-                widget.close()
-        QApplication.instance().quit()
+    opened: list[MainWindow] = []
+    hooks: list[object] = []
 
-    QTimer.singleShot(300, close_soon)
-    assert app_module.main([]) == 0
-    assert sys.excepthook is not None
+    def fake_exec() -> int:  # the shared test QApplication must not run (and quit) a real main loop
+        hooks.append(sys.excepthook)
+        opened.extend(w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible())
+        for window in opened:
+            window.close()
+        return 0
+
+    monkeypatch.setattr(QApplication, "exec", staticmethod(fake_exec))
+    previous_hook = sys.excepthook
+    assert app_module.main(["--plugins-dir", str(Path(__file__).parent.parent / "plugins")]) == 0
+    assert len(opened) == 1 and opened[0].session.using_demo
+    assert "good_plugin" in {p.name for p in opened[0].session.registry.plugins}
+    assert hooks[0] is not previous_hook and sys.excepthook is previous_hook  # installed, then restored
+    assert QApplication.applicationName() == "lmstudio"
 
 
 @pytest.mark.parametrize("answer, expected", [(QMessageBox.StandardButton.Yes, True),
@@ -171,7 +178,7 @@ def test_latin1_file_offers_another_encoding(qtbot, main_window, modals, tmp_pat
     latin.write_bytes("na\xefve caf\xe9 text\n".encode("latin-1") * 30)
     modals.answers.append(answer)
     main_window.data_panel.load_paths([latin], replace=True)
-    qtbot.waitUntil(lambda: modals.shown and not main_window.data_panel.is_busy(), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: bool(modals.shown) and not main_window.data_panel.is_busy(), timeout=WAIT_MS)
     qtbot.wait(50)
     assert modals.shown[0].kind == "QMessageBox" and "latin.txt" in modals.shown[0].text
     assert ("café" in main_window.session.text) is expected

@@ -164,3 +164,23 @@ def test_train_config_form(qtbot):
     qtbot.keyClicks(box.lineEdit(), "-1")
     box.interpretText()
     assert "train.min_lr" in form.error()
+
+
+@dataclass
+class BuggyParams:
+    size: int = param(4, min=1, max=100)
+
+    def validate(self) -> None:
+        if self.size == 13:
+            raise TypeError("unlucky size")
+
+
+def test_plugin_bug_in_validate_is_reported_not_raised(qtbot):
+    form = ParamForm(BuggyParams, where="model")
+    qtbot.addWidget(form)
+    form.widget_for("size").setValue(13)
+    assert form.error() == "model: TypeError: unlucky size"
+    with pytest.raises(ParamError, match="unlucky size"):
+        form.params()
+    form.widget_for("size").setValue(12)
+    assert form.error() is None and form.params().size == 12

@@ -90,3 +90,19 @@ def test_without_model(qtbot, session, events):
     events.tokenizer_changed.emit()
     qtbot.waitUntil(lambda: not widget.is_busy(), timeout=3000)
     assert [t.id for t in widget.chips.tokens()] == session.tokenizer.encode(widget.prompt())
+
+
+def test_refreshes_when_the_weights_change(qtbot, view, predictor, events):
+    view.set_prompt("the cat")
+    settle(qtbot, view)
+    view.set_position(2)
+    settle(qtbot, view)
+    before = view.loss()
+    assert before == pytest.approx(predictor.surprise("the cat")[3].loss)
+    with torch.no_grad():  # what a training step does, as far as the view can tell
+        for weight in predictor.model.parameters():
+            weight.add_(0.5 * torch.randn_like(weight))
+    events.model_updated.emit()
+    expected = predictor.surprise("the cat")[3].loss
+    assert expected != pytest.approx(before)
+    qtbot.waitUntil(lambda: not view.is_busy() and view.loss() == pytest.approx(expected), timeout=5000)

@@ -81,7 +81,7 @@ def test_a_short_run_to_the_end_shows_validation_points_samples_and_progress(qtb
     click(qtbot, panel.start_button)
     qtbot.waitUntil(lambda: panel.state == IDLE and session.trainer is not None, timeout=WAIT_MS)
     panel.loss_plot.redraw()
-    val_x, val_y = panel.loss_plot.val_curve.getData()
+    val_x, _ = panel.loss_plot.val_curve.getData()
     assert list(val_x) == [10, 20, 30]  # eval_interval 10 in the tiny config
     assert panel.progress.value() == 30 and panel.progress.maximum() == 30
     assert "step 30" in panel.samples.toPlainText()
