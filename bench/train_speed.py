@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 PRESET = ROOT / "resources" / "presets" / "fast-cpu.toml"
 TARGET_VAL = 1.88
+PRECISION = {None: "fp32", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 EVAL_WINDOWS = 512
 EVAL_CONTEXT = 64
 
@@ -72,8 +73,8 @@ def common_val_loss(logits_fn, encode, val_text: str, device: torch.device, wind
 
 def peak_rss_mb(children: bool = False) -> float:
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
-    return resource.getrusage(who).ru_maxrss / scale / 1024
+    kib = resource.getrusage(who).ru_maxrss / (1024 if sys.platform == "darwin" else 1)  # macOS: bytes
+    return kib / 1024
 
 
 def bench_device(name: str) -> torch.device:
@@ -174,7 +175,7 @@ def row_preset(args: argparse.Namespace) -> dict:
 
         dtype = autocast_dtype(resolve_device(config.train.device), config.train.dtype)
         return {
-            "row": f"fast-cpu preset, seed {args.seed}", "precision": {None: "fp32"}.get(dtype, str(dtype)[6:]),
+            "row": f"fast-cpu preset, seed {args.seed}", "precision": PRECISION[dtype],
             "seconds": seconds, "train_seconds": train_seconds,
             "tokens": steps * config.train.batch_size * model.context_length,
             "flops_per_token": model.flops_per_token(), "steps": steps,
@@ -226,10 +227,11 @@ def main() -> None:
     from lmstudio_app.devices import autocast_dtype, describe_device, measure_matmul_flops
 
     device = bench_device(args.device)
-    peaks = {"fp32": measure_matmul_flops(device, torch.float32)}
+    # The best of a few short measurements: on a shared machine a single one can land in a busy moment.
+    peaks = {"fp32": max(measure_matmul_flops(device, torch.float32, seconds=0.3) for _ in range(3))}
     low = autocast_dtype(device, "auto")
     if low is not None:
-        peaks[str(low)[6:]] = measure_matmul_flops(device, low)
+        peaks[PRECISION[low]] = max(measure_matmul_flops(device, low, seconds=0.3) for _ in range(3))
     print(f"{datetime.now():%Y-%m-%d %H:%M}; {load_text()}")
     print(f"device: {describe_device(device)}; torch {torch.__version__}; measured 1024x1024 matmul: "
           + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))

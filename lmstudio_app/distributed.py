@@ -13,6 +13,7 @@ unconditionally where that keeps its code simple.
 from __future__ import annotations
 
 import base64
+import inspect
 import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
@@ -149,7 +150,11 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.parallel.Distribute
     that broadcast would be a collective in every forward, evaluation included.
     """
     device_ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    ddp = nn.parallel.DistributedDataParallel
+    # PyTorch 2.13 renamed the switch (the old name warns); older versions know only broadcast_buffers.
+    new_name = "forward_sync_buffers" in inspect.signature(ddp).parameters
+    no_buffer_sync = {"forward_sync_buffers": False} if new_name else {"broadcast_buffers": False}
+    return ddp(model, device_ids=device_ids, **no_buffer_sync)
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:

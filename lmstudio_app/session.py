@@ -31,9 +31,7 @@ from .training import Trainer
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
-# Presets tried for a fresh session, in order: small enough to learn in a minute on a CPU.
-DEFAULT_PRESETS_CPU = ("fast-cpu", "default")
-DEFAULT_PRESETS_GPU = ("default", "fast-cpu")
+DEFAULT_PRESET = "default"  # learns the demo corpus in about a minute on a laptop CPU
 _ASSUMED_MFU = 0.35  # share of the matmul peak a small training step reaches (for time estimates)
 
 # Achieved matmul FLOP/s per device string, measured once per process: it takes half a second.
@@ -55,12 +53,9 @@ class ModelPreview:
 
 
 def default_config() -> RunConfig:
-    """The bundled preset that suits this machine (fast-cpu without a GPU), else the defaults."""
-    on_cpu = devices.resolve_device("auto").type == "cpu"
-    available = set(list_presets())
-    for name in DEFAULT_PRESETS_CPU if on_cpu else DEFAULT_PRESETS_GPU:
-        if name in available:
-            return load_preset(preset_path(name), RunConfig())
+    """The bundled default preset (device "auto" picks CUDA, MPS or the CPU), else the defaults."""
+    if DEFAULT_PRESET in list_presets():
+        return load_preset(preset_path(DEFAULT_PRESET), RunConfig())
     return RunConfig()
 
 

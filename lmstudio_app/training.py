@@ -5,7 +5,6 @@ training_setup.py) and :meth:`Trainer.steps` trains it as a generator, so the CL
 and the GUI's worker thread does the same while another thread pauses, stops or probes the model
 between steps (under :attr:`Trainer.lock`). The hot loop never waits on the accelerator except at
 logged steps: losses stay on the device until then, which keeps it as fast as a hand-written loop.
-Under torchrun each process is one rank of a DistributedDataParallel run (see distributed.py).
 """
 
 from __future__ import annotations
@@ -49,8 +48,9 @@ class Trainer:
     differing keys are listed in :attr:`ignored_overrides`). ``write_run=False`` trains without
     a run folder (nothing is written); otherwise :attr:`run_dir` is the :class:`RunDir` written
     to (a new ``run-<time>`` folder under the default runs folder when ``run_dir`` is None).
-    ``progress(stage, done, total)`` follows preparation, with
-    stage "reading", "tokenizer" or "tokenizing".
+    ``progress(stage, done, total)`` follows preparation (stage "reading", "tokenizer" or
+    "tokenizing"); ``dist`` (see :func:`~lmstudio_app.distributed.init_from_env`) makes this
+    process one rank of a data-parallel run, which every rank trains in step with the others.
     """
 
     def __init__(
@@ -106,8 +106,6 @@ class Trainer:
             self._forward = self._compiled_forward()
         if prepared.resumed:
             self._restore_latest()
-
-    # -- compiling and resuming -------------------------------------------------------------
 
     def _compiled_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
         try:

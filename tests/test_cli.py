@@ -277,7 +277,7 @@ def test_plugins_disabled_in_the_app_stay_off(tmp_path, capsys, monkeypatch):
     set_disabled_plugins(["lstm_example"])
     code, out, _ = run_cli(["--plugins-dir", str(folder), "plugins"], capsys)
     assert code == 0
-    assert [line for line in out.splitlines() if line.startswith("lstm_example")][0].endswith("(disabled)")
+    assert next(line for line in out.splitlines() if line.startswith("lstm_example")).endswith("(disabled)")
     config = write_tiny_config(tmp_path / "cfg")
     code, _, err = run_cli(["--plugins-dir", str(folder), "train", str(config), "--set", "model.plugin=lstm"], capsys)
     assert code == 2
@@ -310,6 +310,7 @@ def test_train_logs_to_tensorboard(tmp_path, capsys):
                               "--set", "train.eval_interval=6", "--set", "train.log_interval=3",
                               "--tensorboard"], capsys)
     assert code == 0, err
+    assert f"TensorBoard logs in {run / 'tensorboard'}" in out
     events = list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

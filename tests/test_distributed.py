@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -79,19 +81,28 @@ class ConcatSampler:
         return self.parts[0].get_state()
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("ddp")
-    (folder / "corpus.txt").write_text(generate_demo_corpus(1500, seed=3), encoding="utf-8")
-    (folder / "cfg.toml").write_text(CONFIG, encoding="utf-8")
+def torchrun_train(folder: Path, *args: str) -> str:
+    """``torchrun --nproc_per_node=2 -m lmstudio_app train ARGS`` on the CPU; its stdout."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LMSTUDIO_PLUGINS": "none", "LMSTUDIO_HOME": str(folder / "home")}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}",
-         "-m", "lmstudio_app", "train", "cfg.toml", "--out", "ddp-run"],
+         "-m", "lmstudio_app", "train", *args],
         cwd=folder, env=env, capture_output=True, text=True, timeout=180, check=False,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return {"folder": folder, "run": folder / "ddp-run", "stdout": done.stdout}  # type: ignore[dict-item]
+    assert "Warning" not in done.stderr, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("ddp")
+    (folder / "corpus.txt").write_text(generate_demo_corpus(1500, seed=3), encoding="utf-8")
+    (folder / "cfg.toml").write_text(CONFIG, encoding="utf-8")
+    stdout = torchrun_train(folder, "cfg.toml", "--out", "ddp-run")
+    shutil.copytree(folder / "ddp-run", folder / "pristine")  # for the tests that resume it
+    return {"folder": folder, "run": folder / "ddp-run", "stdout": stdout,
+            "metrics": RunDir.open(folder / "ddp-run").read_metrics()}
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +127,7 @@ def reference(setup, tmp_path_factory) -> list[dict]:
 
 
 def test_two_ranks_match_one_process_seeing_the_same_batches(setup, reference):
-    ddp = RunDir.open(setup["run"]).read_metrics()
+    ddp = setup["metrics"]
     assert [r["step"] for r in ddp] == [r["step"] for r in reference] == list(range(1, 21))  # rank 0 logs once
     train_diff = max(abs(a["train_loss"] - b["train_loss"]) for a, b in zip(ddp, reference))
     val_diff = max(abs(a["val_loss"] - b["val_loss"]) for a, b in zip(ddp, reference) if "val_loss" in a)
@@ -127,8 +138,22 @@ def test_two_ranks_match_one_process_seeing_the_same_batches(setup, reference):
     assert setup["stdout"].count("step 20/20") == 1  # progress from rank 0 only
 
 
+def test_resume_on_the_same_ranks_continues_each_ranks_batches_exactly(setup):
+    folder = setup["folder"]
+    shutil.copytree(folder / "pristine", folder / "interrupted")
+    shutil.rmtree(folder / "interrupted" / "checkpoints" / "step_00000020")  # as if stopped at step 10
+    torchrun_train(folder, "--resume", "interrupted")
+    resumed = RunDir.open(folder / "interrupted").read_metrics()
+    assert [r["step"] for r in resumed] == list(range(1, 21))
+    for want, got in zip(setup["metrics"][10:], resumed[10:]):
+        assert abs(got["train_loss"] - want["train_loss"]) <= 1e-6, want["step"]
+        assert abs(got.get("val_loss", 0.0) - want.get("val_loss", 0.0)) <= 1e-6, want["step"]
+        assert "warning" not in got
+
+
 def test_checkpoint_loads_in_one_process_and_resumes_on_another_rank_count(setup, capsys, monkeypatch):
-    run = setup["run"]
+    run = setup["folder"] / "one-rank"
+    shutil.copytree(setup["folder"] / "pristine", run)
     monkeypatch.setenv("LMSTUDIO_HOME", str(setup["folder"] / "home"))
     state = json.loads((run / "checkpoints" / "step_00000020" / "state.json").read_text())
     assert state["extra"]["ranks"]["world_size"] == RANKS and set(state["extra"]["ranks"]["streams"]) == {"0", "1"}

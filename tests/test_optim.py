@@ -89,6 +89,21 @@ def test_muon_reduces_loss_on_a_regression_problem() -> None:
     assert set(opt.state[weight]) == {"momentum_buffer"}
 
 
+def test_muon_batches_same_shape_matrices_without_changing_the_update() -> None:
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(*shape)) for shape in ((6, 4), (6, 4), (3, 5), (2, 3, 2))]
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    Muon(params, lr=0.1, momentum=0.5).step()
+    for p, old in zip(params, before):
+        grad = p.grad.reshape(p.size(0), -1)
+        update = grad + 0.5 * grad  # nesterov on a fresh buffer: grad + momentum * grad
+        scale = max(1.0, grad.size(0) / grad.size(1)) ** 0.5
+        expected = old - 0.1 * scale * orthogonalize(update).view_as(p)
+        torch.testing.assert_close(p.detach(), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_muon_rejects_vectors() -> None:
     with pytest.raises(ValueError, match="only matrices"):
         Muon([torch.nn.Parameter(torch.zeros(4))])

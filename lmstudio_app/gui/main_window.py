@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, Qt
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QShowEvent
 from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QMenu, QWidget
 
 from ..config import save_config
@@ -40,7 +40,7 @@ DOCKS: tuple[tuple[str, str, type, Qt.DockWidgetArea, str], ...] = (
     ("model", "Model", ModelPanel, Qt.DockWidgetArea.LeftDockWidgetArea, "Alt+3"),
     ("training", "Training", TrainingPanel, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+4"),
     ("predictions", "Predictions", PredictionsPanel, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+5"),
-    ("pipeline", "Pipeline", PipelineView, Qt.DockWidgetArea.BottomDockWidgetArea, "Alt+6"),
+    ("pipeline", "Pipeline", PipelineView, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+6"),
 )
 
 
@@ -69,7 +69,8 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.docks["tokenizer"], self.docks["model"])
         self.docks["data"].raise_()
         self.splitDockWidget(self.docks["training"], self.docks["predictions"], Qt.Orientation.Vertical)
-        self.resizeDocks([self.docks["data"], self.docks["training"]], [480, 920], Qt.Orientation.Horizontal)
+        self.tabifyDockWidget(self.docks["predictions"], self.docks["pipeline"])  # a laptop screen is short
+        self.docks["predictions"].raise_()
         self.data_panel: DataPanel = self.panels["data"]  # type: ignore[assignment]
         self.training_panel: TrainingPanel = self.panels["training"]  # type: ignore[assignment]
         self._default_state = self.saveState(STATE_VERSION)
@@ -87,7 +88,8 @@ class MainWindow(QMainWindow):
         self.events.corpus_changed.connect(self._update_title)
         self._update_title()
         self._update_actions()
-        self.restore_layout()
+        self._sized_once = False
+        self._layout_restored = self.restore_layout()
 
     # ---- menus -------------------------------------------------------------------------------
 
@@ -205,12 +207,7 @@ class MainWindow(QMainWindow):
             self.apply_preset(path)
 
     def apply_preset(self, name_or_path: str | Path) -> None:
-        if self.training_panel.is_training():
-            raise ConfigError(f"{name_or_path}: stop the training before changing the settings")
-        self.session.apply_preset(name_or_path)
-        for signal in (self.events.tokenizer_changed, self.events.model_config_changed,
-                       self.events.train_config_changed):
-            signal.emit()
+        self.training_panel.apply_preset(name_or_path)
 
     def show_plugins(self) -> None:
         PluginsDialog(self.session.registry, self).exec()
@@ -241,6 +238,23 @@ class MainWindow(QMainWindow):
         self.restoreState(self._default_state, STATE_VERSION)
         for dock in self.docks.values():
             dock.show()
+        self._apply_default_sizes()
+
+    def _apply_default_sizes(self) -> None:
+        """Give the loss plot and the predictions most of the room (needs the real window size)."""
+        width, height = self.width(), self.height()
+        horizontal, vertical = Qt.Orientation.Horizontal, Qt.Orientation.Vertical
+        self.resizeDocks([self.docks["data"], self.docks["training"]], [width * 34 // 100, width * 66 // 100],
+                         horizontal)
+        self.resizeDocks([self.docks["training"], self.docks["predictions"]],
+                         [height * 55 // 100, height * 45 // 100], vertical)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if not self._sized_once:
+            self._sized_once = True
+            if not self._layout_restored:
+                self._apply_default_sizes()
 
     # ---- status bar --------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSignalBlocker, Qt
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QComboBox,
@@ -33,6 +33,7 @@ from ..errors import Cancelled, ConfigError, LMStudioError
 from ..params import params_to_dict
 from ..resources import list_presets
 from ..session import Session
+from ..settings import default_runs_dir
 from ..tokenizer import Tokenizer
 from ..training import StepMetrics, Trainer
 from . import dialogs
@@ -79,7 +80,8 @@ class TrainingPanel(QWidget):
 
         self.form = ParamForm(TrainConfig, params_to_dict(session.config.train), where="train")
         self.form.setObjectName("trainForm")
-        self._hide_form_row("device")  # the device combo above replaces it (with descriptions)
+        # The device combo above replaces the form's own device row (it also describes devices).
+        self.form.findChild(QFormLayout).setRowVisible(self.form.widget_for("device"), False)
         self.form.changed.connect(self._on_form_changed)
         form_scroll = QScrollArea()
         form_scroll.setWidgetResizable(True)
@@ -100,47 +102,14 @@ class TrainingPanel(QWidget):
         self.rate_label = QLabel("Not started")
         self.rate_label.setObjectName("rateLabel")
         self.loss_plot = LossPlot()
+        self.loss_plot.setMinimumHeight(220)  # the plot is the point of this panel
         self.samples = QPlainTextEdit()
         self.samples.setObjectName("samplesBox")
         self.samples.setReadOnly(True)
         self.samples.setMaximumBlockCount(2000)
         self.samples.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.samples.setPlaceholderText("A sample of generated text appears at each evaluation.")
-
-        top = QFormLayout()
-        top.addRow("Device", self.device_combo)
-        top.addRow("Preset", self.preset_combo)
-        settings_box = QGroupBox("Settings")
-        settings_layout = QVBoxLayout(settings_box)
-        settings_layout.addLayout(top)
-        settings_layout.addWidget(form_scroll, 1)
-
-        buttons = QHBoxLayout()
-        for button in (self.start_button, self.pause_button, self.resume_button, self.stop_button):
-            buttons.addWidget(button)
-        buttons.addStretch(1)
-        buttons.addWidget(self.save_button)
-        buttons.addWidget(self.resume_run_button)
-
-        right = QWidget()
-        right_layout = QVBoxLayout(right)
-        right_layout.setContentsMargins(0, 0, 0, 0)
-        right_layout.addLayout(buttons)
-        right_layout.addWidget(self.progress)
-        right_layout.addWidget(self.rate_label)
-        plots = QSplitter(Qt.Orientation.Vertical)
-        plots.addWidget(self.loss_plot)
-        plots.addWidget(self.samples)
-        plots.setStretchFactor(0, 3)
-        plots.setStretchFactor(1, 1)
-        right_layout.addWidget(plots, 1)
-
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(settings_box)
-        splitter.addWidget(right)
-        splitter.setStretchFactor(1, 3)
-        layout = QVBoxLayout(self)
-        layout.addWidget(splitter)
+        self._build_layout(form_scroll)
 
         self.runner.step.connect(self._on_step)
         self.runner.finished.connect(self._on_finished)
@@ -187,8 +156,6 @@ class TrainingPanel(QWidget):
         self._preparing_task = task
 
     def choose_run_to_resume(self) -> None:
-        from ..settings import default_runs_dir
-
         folder = QFileDialog.getExistingDirectory(self, "Resume run", str(default_runs_dir()))
         if folder:
             self.resume_run(folder)
@@ -214,8 +181,7 @@ class TrainingPanel(QWidget):
     def stop_training(self) -> None:
         """Ask the trainer to stop after the current step; it saves a final checkpoint."""
         if self.state in (RUNNING, PAUSED):
-            self.runner.resume()
-            self.runner.stop()
+            self.runner.stop()  # also wakes a paused trainer so it can see the stop
             self.rate_label.setText("Stopping after this step…")
 
     def stop_and_wait(self, timeout_ms: int = -1) -> bool:
@@ -230,15 +196,11 @@ class TrainingPanel(QWidget):
         return self.state in (PREPARING, RUNNING, PAUSED)
 
     def save_checkpoint(self) -> None:
+        """Save now, from a pool thread: the trainer takes its lock, so this lands between steps."""
         trainer = self.session.trainer
         if trainer is None:
             return
-
-        def save(report, cancelled):
-            with trainer.lock:  # between two optimisation steps
-                return trainer.save_checkpoint()
-
-        run_in_thread(save, on_done=lambda path: self.events.status_message.emit(f"Checkpoint saved: {path}"),
+        run_in_thread(lambda report, cancelled: trainer.save_checkpoint(), on_done=lambda path: self.events.status_message.emit(f"Checkpoint saved: {path}"),
                       on_error=lambda exc, details: dialogs.show_exception(self, exc, details or None))
 
     def refresh_from_session(self) -> None:
@@ -247,10 +209,8 @@ class TrainingPanel(QWidget):
             return
         train = self.session.config.train
         self.form.set_values(params_to_dict(train))
-        index = self.device_combo.findData(train.device)
-        self.device_combo.blockSignals(True)
-        self.device_combo.setCurrentIndex(max(index, 0))
-        self.device_combo.blockSignals(False)
+        with QSignalBlocker(self.device_combo):
+            self.device_combo.setCurrentIndex(max(self.device_combo.findData(train.device), 0))
 
     # ---- preparing and launching -----------------------------------------------------------
 
@@ -303,8 +263,7 @@ class TrainingPanel(QWidget):
             return
         self._preparing_task = None
         self._set_state(IDLE)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
+        self.progress.setRange(0, 1)  # leave the busy indicator
         if isinstance(exc, Cancelled):
             self.rate_label.setText(str(exc))
             return
@@ -373,23 +332,57 @@ class TrainingPanel(QWidget):
         self.form.set_values({"device": self.device_combo.currentData()})
         self._on_form_changed()
 
+    def apply_preset(self, name_or_path: str | Path) -> None:
+        """Overlay a bundled preset (by name) or a preset file; the other panels follow."""
+        if self.state != IDLE:
+            raise ConfigError(f"{name_or_path}: stop the training before changing the settings")
+        self.session.apply_preset(name_or_path)
+        self.refresh_from_session()
+        for signal in (self.events.train_config_changed, self.events.model_config_changed,
+                       self.events.tokenizer_changed):
+            signal.emit()
+        self.events.status_message.emit(f"Preset {Path(name_or_path).stem!r} applied")
+
     def _on_preset_chosen(self, index: int) -> None:
         name = self.preset_combo.itemData(index)
         self.preset_combo.setCurrentIndex(0)
-        if name is None or self.state != IDLE:
-            return
-        try:
-            self.session.apply_preset(name)
-        except LMStudioError as exc:
-            dialogs.show_exception(self, exc)
-            return
-        self.refresh_from_session()
-        self.events.train_config_changed.emit()
-        self.events.model_config_changed.emit()
-        self.events.tokenizer_changed.emit()
-        self.events.status_message.emit(f"Preset {name!r} applied")
+        if name is not None:
+            try:
+                self.apply_preset(name)
+            except LMStudioError as exc:
+                dialogs.show_exception(self, exc)
 
     # ---- widgets ----------------------------------------------------------------------------
+
+    def _build_layout(self, form_scroll: QScrollArea) -> None:
+        """Settings on the left; buttons, progress, the loss plot and samples on the right."""
+        settings_box = QGroupBox("Settings")
+        settings = QFormLayout(settings_box)
+        settings.addRow("Device", self.device_combo)
+        settings.addRow("Preset", self.preset_combo)
+        settings.addRow(form_scroll)
+        run_buttons = QHBoxLayout()
+        run_buttons.addWidget(self.save_button)
+        run_buttons.addWidget(self.resume_run_button)
+        settings.addRow(run_buttons)
+        buttons = QHBoxLayout()
+        for button in (self.start_button, self.pause_button, self.resume_button, self.stop_button):
+            buttons.addWidget(button)
+        plots = QSplitter(Qt.Orientation.Vertical)
+        plots.addWidget(self.loss_plot)
+        plots.addWidget(self.samples)
+        plots.setSizes([300, 100])
+        right = QWidget()
+        column = QVBoxLayout(right)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addLayout(buttons)
+        for widget in (self.progress, self.rate_label, plots):
+            column.addWidget(widget)
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(settings_box)
+        splitter.addWidget(right)
+        splitter.setStretchFactor(1, 3)
+        QVBoxLayout(self).addWidget(splitter)
 
     def _set_state(self, state: str) -> None:
         self.state = state
@@ -408,9 +401,3 @@ class TrainingPanel(QWidget):
         button.setObjectName(name)
         button.clicked.connect(slot)
         return button
-
-    def _hide_form_row(self, name: str) -> None:
-        layout = self.form.findChild(QFormLayout)
-        editor = self.form.widget_for(name)
-        if layout is not None:
-            layout.setRowVisible(editor, False)

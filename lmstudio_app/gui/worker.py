@@ -115,8 +115,7 @@ class TrainingRunner(QObject):
         return bool(done)
 
     def stop_and_wait(self, timeout_ms: int = -1) -> bool:
-        self.resume()  # a paused trainer must wake up to see the stop flag
-        self.stop()
+        self.stop()  # TrainingControl.stop also wakes a paused trainer
         return self.wait(timeout_ms)
 
     def _on_finished(self, reason: str) -> None:

@@ -203,3 +203,18 @@ def test_save_checkpoint_button(qtbot, panel, session):
     assert message.startswith("Checkpoint saved: ")
     written = Path(message.split(": ", 1)[1])
     assert written.exists() and written.parent == folder
+
+
+def test_plots_follow_a_dark_system_theme(qtbot, monkeypatch):
+    from lmstudio_app.gui import theme
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    assert plot.plot_widget.backgroundBrush().color().name() == theme.plot_palette().background
+    monkeypatch.setattr(theme, "is_dark", lambda: True)
+    relay = plot.findChild(theme._Relay)
+    relay.fire()  # what QStyleHints.colorSchemeChanged triggers
+    assert plot.plot_widget.backgroundBrush().color().name() == theme.DARK.background
+    assert plot.train_curve.opts["pen"].color().name() == theme.DARK.train
+    monkeypatch.undo()
+    theme.apply_theme()  # pyqtgraph's colours are global: leave them as the next test expects
