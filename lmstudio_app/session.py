@@ -24,6 +24,7 @@ from .inference import Predictor, load_predictor
 from .params import build_params, params_to_dict
 from .registry import PluginRegistry
 from .resources import demo_corpus_path, list_presets, preset_path
+from .runs import RunDir
 from .settings import disabled_plugins
 from .tokenizer import Tokenizer
 from .training import Trainer
@@ -34,7 +35,7 @@ CancelCheck = Callable[[], bool]
 DEFAULT_PRESET = "default"  # learns the demo corpus in about a minute on a laptop CPU
 _ASSUMED_MFU = 0.35  # share of the matmul peak a small training step reaches (for time estimates)
 
-# Achieved matmul FLOP/s per device string, measured once per process: it takes half a second.
+# Achieved matmul FLOP/s per device string, measured once per process (it takes ~0.2 s).
 _MATMUL_FLOPS_CACHE: dict[str, float] = {}
 _MATMUL_FLOPS_LOCK = threading.Lock()
 
@@ -69,7 +70,12 @@ def cached_matmul_flops(device: torch.device) -> float:
 
 
 class Session:
-    """One window's worth of state; safe to call from one worker thread at a time."""
+    """One window's worth of state.
+
+    The GUI thread reads the attributes; the slow methods may run on worker threads. State
+    changes happen under a lock, and a result computed from inputs that changed meanwhile is
+    discarded with :class:`Cancelled` rather than stored.
+    """
 
     def __init__(self, registry: PluginRegistry | None = None, config: RunConfig | None = None) -> None:
         self.registry = registry if registry is not None else PluginRegistry.discover(disabled=disabled_plugins())
@@ -124,10 +130,16 @@ class Session:
 
     def remove_file(self, path: str | Path) -> None:
         """Drop one file; removing the last one goes back to the demo corpus."""
-        target = Path(path).resolve()
-        remaining = [Path(info.path) for info in self.file_infos if Path(info.path).resolve() != target]
-        if len(remaining) == len(self.file_infos):
-            raise ConfigError(f"{path}: not one of the corpus files")
+        self.remove_files([path])
+
+    def remove_files(self, paths: Sequence[str | Path]) -> None:
+        """Drop files (reading the rest once); removing them all goes back to the demo corpus."""
+        current = {Path(info.path).resolve() for info in self.file_infos}
+        targets = {Path(p).resolve() for p in paths}
+        for path in paths:
+            if Path(path).resolve() not in current:
+                raise ConfigError(f"{path}: not one of the corpus files")
+        remaining = [Path(info.path) for info in self.file_infos if Path(info.path).resolve() not in targets]
         if self.using_demo or not remaining:
             self.use_demo_corpus()
         else:
@@ -302,17 +314,32 @@ class Session:
         return trainer
 
     def resume_trainer(self, run_dir: str | Path, train: Mapping[str, Any] | None = None) -> Trainer:
-        """Continue a saved run; ``train`` overrides its [train] values (e.g. a higher max_steps)."""
-        config = load_config(Path(run_dir) / "config.toml")
+        """Continue a saved run; ``train`` overrides its [train] values (e.g. a higher max_steps).
+
+        The session switches to the run's data, tokenizer and config, so every panel shows
+        what is being trained; the text is read and tokenized once, here, for both.
+        """
+        run = RunDir.open(run_dir)
+        config = run.load_config()
         if train:
             merged = {**params_to_dict(config.train), **dict(train)}
             try:
                 config.train = build_params(type(config.train), merged, "train")
             except ParamError as exc:
                 raise ConfigError(f"{run_dir}: {exc}") from None
-        trainer = Trainer(config, self.registry, run_dir, resume=True)
-        self._adopt_trainer(trainer)
-        self.config = copy_config(config)
+        tokenizer = run.load_tokenizer()  # the run's own: its IDs match the checkpoint
+        using_demo = not config.data.files
+        files = config.data.files or [demo_corpus_path()]
+        text, infos = load_corpus_text(files, readers=self.registry.readers_by_extension())
+        data = config.data
+        corpus = tokenize_corpus(tokenizer, text, data.val_fraction, data.val_split)
+        trainer = Trainer(config, self.registry, run_dir, resume=True, tokenizer=tokenizer, corpus=corpus)
+        with self._lock:
+            self._adopt_trainer(trainer)
+            self.text, self.file_infos, self.using_demo, self.encoding = text, infos, using_demo, "utf-8"
+            self._invalidate(tokenizer=True)
+            self.tokenizer, self.corpus = tokenizer, corpus
+            self.config = copy_config(trainer.config)
         return trainer
 
     def _adopt_trainer(self, trainer: Trainer) -> None:

@@ -72,14 +72,30 @@ def test_gpt_forward_shapes_for_every_option(positional: str, norm: str, mlp: st
 @pytest.mark.parametrize(
     "overrides", [{}, {"positional": "rotary", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True}]
 )
-def test_gpt_is_causal(overrides: dict) -> None:
+@pytest.mark.parametrize("bf16", [False, True])  # bf16 on a CPU takes the explicit attention path
+def test_gpt_is_causal(overrides: dict, bf16: bool) -> None:
     model = tiny_gpt(**overrides).eval()
     idx = torch.randint(0, 13, (1, 10))
     changed = idx.clone()
     changed[0, 6] = (idx[0, 6] + 1) % 13
-    before, after = model(idx), model(changed)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        before, after = model(idx), model(changed)
     assert torch.allclose(before[:, :6], after[:, :6], atol=1e-6)  # the past cannot see the future
     assert not torch.allclose(before[:, 6:], after[:, 6:])  # the changed token itself does matter
+
+
+def test_gpt_cpu_bf16_attention_matches_the_fused_kernel() -> None:
+    attn = tiny_gpt(positional="rotary").transformer.h[0].attn
+    q, k, v = (torch.randn(3, 2, 9, 8) for _ in range(3))  # (B, nh, T, hd)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    low = attn._explicit_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), dropout=0.0)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), expected, atol=3e-2, rtol=3e-2)
+    model = tiny_gpt(positional="rotary")
+    idx = torch.randint(0, 13, (2, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(idx)
+    torch.testing.assert_close(logits, model(idx), atol=3e-2, rtol=3e-2)
 
 
 def test_gpt_rejects_input_longer_than_context() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -218,8 +220,12 @@ def test_load_run_and_resume(session, registry, tiny_config, tmp_path):
     live = trainer.model.state_dict()
     loaded = other.predictor().model.state_dict()
     assert all(torch.equal(live[k].cpu(), loaded[k].cpu()) for k in live)
+    other.use_demo_corpus()
     resumed = other.resume_trainer(run_dir, {"max_steps": 16})
     assert resumed.step == 12
+    # the session follows the resumed run: its files, tokenizer and token arrays
+    assert not other.using_demo and other.text == session.text
+    assert other.tokenizer is resumed.tokenizer and other.corpus is resumed.corpus
     steps = [m.step for m in resumed.steps()]
     assert steps[-1] == 16 and other.config.train.max_steps == 16
     with pytest.raises(ConfigError, match="max_steps"):
@@ -237,3 +243,11 @@ def test_apply_preset_keeps_the_data(session, tmp_path):
         session.apply_preset(bad)
     assert session.config.model.plugin == "gpt"
     assert build_params(type(session.config.train), {}).max_steps == 2000  # the dataclass default is untouched
+
+
+def test_session_module_never_imports_qt():
+    code = ("import sys, lmstudio_app.session; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('PySide6', 'pyqtgraph', 'lmstudio_builtins')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

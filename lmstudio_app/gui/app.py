@@ -7,10 +7,11 @@ a CPU, so the first launch is one click away from watching a model learn.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
-from PySide6.QtCore import QCoreApplication, Qt
+from PySide6.QtCore import QCoreApplication, Qt, QTimer
 from PySide6.QtGui import QGuiApplication, QIcon
 from PySide6.QtWidgets import QApplication
 
@@ -57,7 +58,9 @@ def main(argv: Sequence[str] | None = None, plugins_dirs: Sequence[str] = ()) ->
     ``argv`` are command-line arguments (``--plugins-dir DIR``); ``plugins_dirs`` lets the CLI
     pass folders it already parsed.
     """
-    arguments = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # the CLI already parsed (and passes) its own --plugins-dir options
+        argv = [] if plugins_dirs else sys.argv[1:]
+    arguments = list(argv)
     args = _parse(arguments)
     app = create_application(arguments)
     hook = dialogs.ExceptionHook(lambda: QApplication.activeWindow()).install()
@@ -72,9 +75,18 @@ def main(argv: Sequence[str] | None = None, plugins_dirs: Sequence[str] = ()) ->
 
     window = MainWindow(session)
     window.show()
+    # Ctrl+C / SIGTERM in the terminal close the window properly (training stops, checkpoint
+    # saved). Python only runs signal handlers between bytecodes, so a timer wakes it up.
+    previous = {sig: signal.signal(sig, lambda *_: window.close()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    wake_up = QTimer()
+    wake_up.timeout.connect(lambda: None)
+    wake_up.start(250)
     try:
         return int(app.exec())
     finally:
+        wake_up.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         hook.uninstall()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -157,58 +157,60 @@ class DataPanel(QWidget):
 
     def load_paths(self, paths: Sequence[str | Path], replace: bool = False, encoding: str | None = None) -> None:
         """Read files or folders in the background: replace the corpus, or add to it."""
-        if self.is_busy():
-            self.status.setText("Busy — wait for the current operation to finish")
-            return
         paths = [Path(p) for p in paths]
         action = self.session.set_files if replace else self.session.add_files
         chosen = encoding or (self.session.encoding if not replace else "utf-8")
-        self._begin(f"Reading {len(paths)} item(s)…")
-        self.task = run_in_thread(
-            lambda report, cancelled: action(paths, chosen),
-            on_done=lambda _: self._on_loaded(paths),
+        self._change_corpus(
+            f"Reading {len(paths)} item(s)…", lambda: action(paths, chosen), recent=paths,
             on_error=lambda exc, details: self._on_load_failed(exc, details, paths, replace, chosen),
         )
 
-    def _on_loaded(self, paths: Sequence[Path]) -> None:
+    def remove_selected(self) -> None:
+        rows = sorted({index.row() for index in self.table.selectedIndexes()})
+        if rows and not self.session.using_demo:
+            doomed = [self.session.file_infos[row].path for row in rows]
+            self._change_corpus("Removing…", lambda: self.session.remove_files(doomed))
+
+    def use_demo(self) -> None:
+        self._change_corpus("Reading the demo corpus…", self.session.use_demo_corpus)
+
+    def _change_corpus(self, message: str, action: Callable[[], object], recent: Sequence[Path] = (),
+                       on_error: Callable[[BaseException, str], None] | None = None) -> None:
+        """Run a change of files in the background, then tell the other panels."""
+        if self.is_busy():
+            self.status.setText("Busy — wait for the current operation to finish")
+            return
+        self._begin(message)
+        self.task = run_in_thread(lambda report, cancelled: action(),
+                                  on_done=lambda _: self._on_corpus_changed(recent),
+                                  on_error=on_error or self._on_change_failed)
+
+    def _on_corpus_changed(self, recent: Sequence[Path]) -> None:
         self._end()
-        for path in paths:
+        for path in recent:
             add_recent_file(str(path))
         self.events.corpus_changed.emit()
-        self.events.tokenizer_changed.emit()
+        self.events.tokenizer_changed.emit()  # a new text means a new tokenizer
         self.events.status_message.emit(f"Corpus: {len(self.session.file_infos)} file(s)")
+
+    def _on_change_failed(self, exc: BaseException, details: str) -> None:
+        self._end()
+        self._report_failure(exc, details)
 
     def _on_load_failed(self, exc: BaseException, details: str, paths: Sequence[Path], replace: bool,
                         encoding: str) -> None:
         self._end()
-        if isinstance(exc, DataError):
-            retry = suggested_encoding(str(exc))
-            if retry and retry != encoding and dialogs.ask_yes_no(
-                self, "Not UTF-8", f"{exc}\n\nRead the file(s) as {retry}?"
-            ):
-                self.load_paths(paths, replace, encoding=retry)
-                return
+        retry = suggested_encoding(str(exc)) if isinstance(exc, DataError) else None
+        if retry and retry != encoding and dialogs.ask_yes_no(
+            self, "Not UTF-8", f"{exc}\n\nRead the file(s) as {retry}?"
+        ):
+            self.load_paths(paths, replace, encoding=retry)
+            return
+        self._report_failure(exc, details)
+
+    def _report_failure(self, exc: BaseException, details: str) -> None:
         self.status.setText("Nothing changed: the corpus is as it was")
         dialogs.show_exception(self, exc, None if isinstance(exc, LMStudioError) else details)
-
-    def remove_selected(self) -> None:
-        rows = sorted({index.row() for index in self.table.selectedIndexes()}, reverse=True)
-        if not rows or self.session.using_demo or self.is_busy():
-            return
-        try:
-            for row in rows:
-                self.session.remove_file(self.session.file_infos[row].path)
-        except LMStudioError as exc:
-            dialogs.show_exception(self, exc)
-        self.events.corpus_changed.emit()
-        self.events.tokenizer_changed.emit()
-
-    def use_demo(self) -> None:
-        if self.is_busy():
-            return
-        self.session.use_demo_corpus()
-        self.events.corpus_changed.emit()
-        self.events.tokenizer_changed.emit()
 
     # ---- tokenizing -------------------------------------------------------------------------
 

@@ -86,6 +86,8 @@ class MainWindow(QMainWindow):
         self.events.training_resumed.connect(self._update_actions)
         self.events.train_config_changed.connect(self._update_device_label)
         self.events.corpus_changed.connect(self._update_title)
+        self.panels["model"].preview_ready.connect(
+            lambda preview: self.params_label.setText(f"{preview.parameters:,} parameters"))
         self._update_title()
         self._update_actions()
         self._sized_once = False

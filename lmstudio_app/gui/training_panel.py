@@ -7,6 +7,7 @@ building the model) happens on the thread pool, so the window never freezes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QSignalBlocker, Qt
@@ -55,6 +56,8 @@ def format_duration(seconds: float) -> str:
 
 
 class TrainingPanel(QWidget):
+    """Start, watch and steer one training run at a time (see the module docstring)."""
+
     def __init__(self, session: Session, events: AppEvents, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session = session
@@ -122,18 +125,8 @@ class TrainingPanel(QWidget):
 
     def start_training(self) -> None:
         """Commit the settings, then tokenize and build the run in the background and start it."""
-        if self.state != IDLE:
-            return
-        if not self._commit_settings():
-            return
-        tokenizer_before = self.session.tokenizer
-        self._begin_preparing("Preparing: tokenizing the corpus and building the model…")
-        task = run_in_thread(
-            lambda report, cancelled: self.session.create_trainer(),
-            on_done=lambda trainer: self._launch(task, trainer, tokenizer_before),
-            on_error=lambda exc, details: self._on_prepare_failed(task, exc, details),
-        )
-        self._preparing_task = task
+        if self.state == IDLE and self._commit_settings():
+            self._prepare("Preparing: tokenizing the corpus and building the model…", self.session.create_trainer)
 
     def resume_run(self, run_dir: str | Path) -> None:
         """Continue a saved run (its config, weights and optimiser state) in the background."""
@@ -147,13 +140,8 @@ class TrainingPanel(QWidget):
             return
         wanted = self.form.values().get("max_steps") or 0
         overrides = {"max_steps": wanted} if wanted > saved.train.max_steps else {}
-        self._begin_preparing(f"Resuming {run_dir.name}…")
-        task = run_in_thread(
-            lambda report, cancelled: self.session.resume_trainer(run_dir, overrides),
-            on_done=lambda trainer: self._launch(task, trainer, None, resumed=True),
-            on_error=lambda exc, details: self._on_prepare_failed(task, exc, details),
-        )
-        self._preparing_task = task
+        self._prepare(f"Resuming {run_dir.name}…", lambda: self.session.resume_trainer(run_dir, overrides),
+                      resumed=True)
 
     def choose_run_to_resume(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Resume run", str(default_runs_dir()))
@@ -173,10 +161,7 @@ class TrainingPanel(QWidget):
             self.events.training_resumed.emit()
 
     def toggle_pause(self) -> None:
-        if self.state == RUNNING:
-            self.pause_training()
-        elif self.state == PAUSED:
-            self.resume_training()
+        self.pause_training() if self.state == RUNNING else self.resume_training()
 
     def stop_training(self) -> None:
         """Ask the trainer to stop after the current step; it saves a final checkpoint."""
@@ -214,10 +199,16 @@ class TrainingPanel(QWidget):
 
     # ---- preparing and launching -----------------------------------------------------------
 
-    def _begin_preparing(self, message: str) -> None:
+    def _prepare(self, message: str, make_trainer: Callable[[], Trainer], resumed: bool = False) -> None:
+        """Build the trainer on the thread pool (tokenizing can take a while), then launch it."""
+        tokenizer_before = self.session.tokenizer
         self._set_state(PREPARING)
         self.rate_label.setText(message)
         self.progress.setRange(0, 0)  # busy indicator until the first step
+        task = run_in_thread(lambda report, cancelled: make_trainer(),
+                             on_done=lambda trainer: self._launch(task, trainer, tokenizer_before, resumed),
+                             on_error=lambda exc, details: self._on_prepare_failed(task, exc, details))
+        self._preparing_task = task
 
     def _launch(self, task: BackgroundTask, trainer: Trainer, tokenizer_before: Tokenizer | None,
                 resumed: bool = False) -> None:
@@ -229,9 +220,11 @@ class TrainingPanel(QWidget):
                 self.events.tokenizer_changed.emit()
             if self.session.corpus is not None:
                 self.events.corpus_tokenized.emit()
-            if resumed:
+            if resumed:  # the session switched to the run's data and settings
                 self.refresh_from_session()
-                self.events.train_config_changed.emit()
+                for signal in (self.events.corpus_changed, self.events.model_config_changed,
+                               self.events.train_config_changed):
+                    signal.emit()
             self.loss_plot.clear()
             self._load_history(trainer)
             self.samples.clear()
@@ -247,13 +240,11 @@ class TrainingPanel(QWidget):
             self.events.status_message.emit(f"Training in {trainer.run_dir.path}")
 
     def _load_history(self, trainer: Trainer) -> None:
-        """A resumed run shows its earlier curve too."""
-        if trainer.run_dir is None:
-            return
+        """A resumed run shows its earlier curve too (an unreadable log just starts empty)."""
         try:
-            records = trainer.run_dir.read_metrics()
+            records = trainer.run_dir.read_metrics() if trainer.run_dir is not None else []
         except LMStudioError:
-            return
+            records = []
         for record in records:
             self.loss_plot.add_point(record.get("step", 0), record.get("train_loss"), record.get("lr"),
                                      record.get("val_loss"))
@@ -396,8 +387,7 @@ class TrainingPanel(QWidget):
         for widget in (self.form, self.device_combo, self.preset_combo):
             widget.setEnabled(state == IDLE)
 
-    def _button(self, text: str, name: str, slot) -> QPushButton:
-        button = QPushButton(text)
-        button.setObjectName(name)
+    def _button(self, text: str, name: str, slot: Callable[[], object]) -> QPushButton:
+        button = QPushButton(text, objectName=name)
         button.clicked.connect(slot)
         return button

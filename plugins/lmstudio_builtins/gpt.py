@@ -111,17 +111,17 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        nh = self.n_head
+        qkv = self.c_attn(x).view(B, T, 3 * nh, self.head_dim)  # (B, T, 3nh, hd): q heads, k heads, v heads
+        qk, v = qkv[:, :, : 2 * nh], qkv[:, :, 2 * nh :]  # (B, T, 2nh, hd), (B, T, nh, hd)
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            qk = torch.cat((self.q_norm(qk[:, :, :nh]), self.k_norm(qk[:, :, nh:])), dim=2)
         if self.rotary:
-            cos = self.rope_cos[:T].to(q.dtype)  # (T, hd), cast so autocast keeps q/k in bf16
-            sin = self.rope_sin[:T].to(q.dtype)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            cos = self.rope_cos[:T, None].to(qk.dtype)  # (T, 1, hd), cast so autocast keeps q/k in bf16
+            sin = self.rope_sin[:T, None].to(qk.dtype)
+            qk = qk * cos + rotate_half(qk) * sin  # q and k turned together: half the small kernels
+        q, k = qk.transpose(1, 2).split(nh, dim=1)  # (B, nh, T, hd) each
+        v = v.transpose(1, 2)  # (B, nh, T, hd)
         dropout = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
             y = self._explicit_attention(q, k, v, dropout)
@@ -131,18 +131,20 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
     def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
-        """softmax(q k^T / sqrt(hd) + causal mask) v, written out.
+        """softmax(q k^T / sqrt(hd) + causal mask) v, written out for bf16 on a CPU.
 
         PyTorch's fused CPU attention is slow in bf16 (at head size 32 its backward pass takes
-        5x as long as these three ops), so bf16 training on a CPU takes this path; the
-        softmax runs in fp32.
+        5x as long as these few ops). The scores, the scaling and the mask are one ``baddbmm``;
+        the softmax kernel accumulates in fp32 whatever its input type.
         """
-        T = q.size(-2)
-        att = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(self.head_dim))  # (B, nh, T, T)
-        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)  # (T, T): j > i is hidden
-        att = att.masked_fill(future, float("-inf")).softmax(dim=-1)
+        B, nh, T, hd = q.shape
+        mask = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)  # (T, T): -inf above the diagonal
+        att = torch.baddbmm(
+            mask.expand(B * nh, T, T), q.reshape(B * nh, T, hd), k.reshape(B * nh, T, hd).transpose(1, 2),
+            alpha=1.0 / math.sqrt(hd),
+        ).softmax(dim=-1)  # (B*nh, T, T)
         att = F.dropout(att, dropout, training=dropout > 0)
-        return att.to(v.dtype) @ v  # (B, nh, T, hd)
+        return (att.to(v.dtype) @ v.reshape(B * nh, T, hd)).view(B, nh, T, hd)
 
 
 class MLP(nn.Module):

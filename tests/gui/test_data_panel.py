@@ -62,10 +62,19 @@ def test_add_remove_and_demo_buttons(qtbot, panel, session, events, tmp_path):
     panel.table.selectRow(1)
     assert panel.remove_button.isEnabled()
     qtbot.mouseClick(panel.remove_button, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, panel)
     assert [Path(i.path).name for i in session.file_infos] == ["tiny.txt", "b.md"]
     assert panel.table.rowCount() == 2
-    qtbot.mouseClick(panel.demo_button, Qt.MouseButton.LeftButton)
+    panel.table.selectAll()
+    qtbot.mouseClick(panel.remove_button, Qt.MouseButton.LeftButton)  # removing them all: the demo
+    wait_idle(qtbot, panel)
     assert session.using_demo and "(demo corpus)" in panel.table.item(0, 0).text()
+    assert not panel.remove_button.isEnabled()  # the demo corpus cannot be removed
+    panel.load_paths([folder], replace=True)
+    wait_idle(qtbot, panel)
+    qtbot.mouseClick(panel.demo_button, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, panel)
+    assert session.using_demo and session.config.data.files == []
 
 
 def test_not_utf8_retries_with_the_suggested_encoding(qtbot, panel, session, modals, tmp_path):

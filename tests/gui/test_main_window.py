@@ -46,6 +46,8 @@ def test_first_launch_opens_on_the_demo_corpus(qtbot, registry):
     shortcuts = {a.text(): a.shortcut().toString() for a in window.findChildren(type(window.start_action))}
     assert shortcuts["&Start"] == "Ctrl+R" and shortcuts["S&top"] == "Ctrl+."
     assert window.pause_action.shortcuts()[1] == QKeySequence("Space")
+    # the model panel's size preview reaches the status bar before any training
+    qtbot.waitUntil(lambda: window.params_label.text().endswith(" parameters"), timeout=WAIT_MS)
     window.close()
 
 
@@ -184,3 +186,39 @@ def test_latin1_file_offers_another_encoding(qtbot, main_window, modals, tmp_pat
     assert ("café" in main_window.session.text) is expected
     if not expected:
         assert modals.shown[-1].kind == "ErrorDialog"
+
+
+def test_open_run_for_probing_and_recent_files_menu(qtbot, main_window, session, tmp_path):
+    trainer = session.create_trainer(tmp_path / "finished-run")
+    for _ in trainer.steps():
+        pass
+    other = MainWindow(Session(session.registry, session.config))
+    qtbot.addWidget(other)
+    with qtbot.waitSignal(other.events.model_updated, timeout=WAIT_MS):
+        other.load_run(tmp_path / "finished-run")  # File → Open run… after its folder dialog
+    assert other.session.loaded_run == tmp_path / "finished-run"
+    assert other.session.predictor().next_token("the").probs.sum() == pytest.approx(1.0)
+    other.close()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("some notes to read.\n" * 10, encoding="utf-8")
+    main_window.data_panel.load_paths([notes], replace=False)
+    qtbot.waitUntil(lambda: not main_window.data_panel.is_busy(), timeout=WAIT_MS)
+    main_window.recent_menu.aboutToShow.emit()
+    assert [a.text() for a in main_window.recent_menu.actions()] == [str(notes)]
+
+
+def test_space_pauses_but_still_types_in_text_boxes(qtbot, main_window):
+    from PySide6.QtWidgets import QPlainTextEdit
+
+    toggled = []
+    main_window.pause_action.setEnabled(True)  # as while training
+    main_window.pause_action.triggered.connect(lambda: toggled.append(True))
+    main_window.activateWindow()
+    prompt = main_window.panels["predictions"].findChild(QPlainTextEdit)
+    prompt.setFocus()
+    qtbot.waitUntil(prompt.hasFocus)
+    before = prompt.toPlainText()
+    qtbot.keyClick(prompt, Qt.Key.Key_Space)
+    assert len(prompt.toPlainText()) == len(before) + 1 and toggled == []
+    qtbot.keyClick(main_window.training_panel.progress, Qt.Key.Key_Space)
+    assert toggled == [True]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -11,8 +12,11 @@ import pytest
 from PySide6.QtCore import QElapsedTimer, Qt, QTimer
 
 from lmstudio_app.devices import available_devices
+from lmstudio_app.errors import Cancelled, TrainingError
 from lmstudio_app.gui.loss_plot import LossPlot, SeriesBuffer, ema
 from lmstudio_app.gui.training_panel import IDLE, PAUSED, RUNNING, TrainingPanel, format_duration
+from lmstudio_app.gui.worker import run_in_thread
+from lmstudio_app.training import StepMetrics, TrainingControl
 
 WAIT_MS = 30_000  # generous: the CPU is shared with other test runs
 
@@ -218,3 +222,93 @@ def test_plots_follow_a_dark_system_theme(qtbot, monkeypatch):
     assert plot.train_curve.opts["pen"].color().name() == theme.DARK.train
     monkeypatch.undo()
     theme.apply_theme()  # pyqtgraph's colours are global: leave them as the next test expects
+
+
+def test_resume_run_continues_a_saved_run_with_its_history(qtbot, panel, session):
+    panel.form.widget_for("max_steps").setValue(6)
+    click(qtbot, panel.start_button)
+    qtbot.waitUntil(lambda: panel.state == IDLE and session.trainer is not None, timeout=WAIT_MS)
+    first = session.trainer
+    panel.form.widget_for("max_steps").setValue(12)  # Resume run… continues up to the larger count
+    panel.resume_run(first.run_dir.path)  # what the button does after its folder dialog
+    qtbot.waitUntil(lambda: panel.state == IDLE and session.trainer is not first, timeout=WAIT_MS)
+    resumed = session.trainer
+    assert resumed.run_dir.path == first.run_dir.path and resumed.step == 12
+    panel.loss_plot.redraw()
+    steps = list(panel.loss_plot.train_raw_curve.getData()[0])
+    assert steps == list(range(1, 13))  # the earlier curve (read back from metrics.jsonl) plus the new steps
+
+
+def test_run_in_thread_works_off_the_gui_thread_and_reports_back_on_it(qtbot):
+    seen: list[tuple[str, object, bool]] = []
+
+    def in_gui_thread() -> bool:
+        return threading.current_thread() is threading.main_thread()
+
+    def job(report, cancelled):
+        report(1, 2)
+        return in_gui_thread()
+
+    task = run_in_thread(job, on_done=lambda result: seen.append(("done", result, in_gui_thread())),
+                         progress=lambda done, total: seen.append(("progress", (done, total), in_gui_thread())))
+    qtbot.waitUntil(lambda: task.finished, timeout=WAIT_MS)
+    assert seen == [("progress", (1, 2), True), ("done", False, True)]
+
+    def cancellable(report, cancelled):
+        while not cancelled():
+            time.sleep(0.01)
+        raise Cancelled("stopped on request")
+
+    errors: list[BaseException] = []
+    task = run_in_thread(cancellable, on_error=lambda exc, details: errors.append(exc))
+    task.cancel()
+    qtbot.waitUntil(lambda: task.finished, timeout=WAIT_MS)
+    assert isinstance(errors[0], Cancelled) and str(errors[0]) == "stopped on request"
+
+
+class FailingTrainer:
+    """Trains one step, then fails the way a NaN loss does."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.control = TrainingControl()
+        self.stop_reason: str | None = None
+        self.run_dir = None
+
+    def steps(self):
+        yield StepMetrics(step=1, max_steps=40, elapsed_s=0.1, train_loss=3.0, lr=1e-3,
+                          tokens_per_s=100.0, tokens_seen=64)
+        self.stop_reason = "error"
+        raise TrainingError("train.learning_rate: the loss became nan at step 2; lower it")
+
+
+def test_a_failing_run_shows_its_error_and_the_panel_recovers(qtbot, panel, session, events, modals,
+                                                              monkeypatch):
+    monkeypatch.setattr(session, "create_trainer", lambda: FailingTrainer(session.config))
+    finished = []
+    events.training_finished.connect(finished.append)
+    click(qtbot, panel.start_button)
+    qtbot.waitUntil(lambda: bool(finished), timeout=WAIT_MS)
+    assert finished == ["train.learning_rate: the loss became nan at step 2; lower it"]
+    assert [d.kind for d in modals.shown] == ["ErrorDialog"] and "nan" in modals.shown[0].text
+    assert "TrainingError" in modals.shown[0].details  # the traceback is behind "Show details"
+    assert panel.state == IDLE and panel.start_button.isEnabled()
+    assert panel.rate_label.text() == "Training failed"
+
+
+def test_stopping_while_preparing_never_launches_the_run(qtbot, panel, session, monkeypatch):
+    created = []
+
+    def slow_create_trainer():
+        time.sleep(0.3)
+        created.append(FailingTrainer(session.config))
+        return created[-1]
+
+    monkeypatch.setattr(session, "create_trainer", slow_create_trainer)
+    click(qtbot, panel.start_button)
+    assert panel.is_training()
+    assert panel.stop_and_wait()  # what closing the window does
+    assert panel.state == IDLE
+    qtbot.waitUntil(lambda: bool(created), timeout=WAIT_MS)
+    qtbot.wait(100)  # let the abandoned result arrive
+    assert panel.state == IDLE and panel.runner.thread is None
