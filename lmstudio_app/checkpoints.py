@@ -15,18 +15,15 @@ A checkpoint is written into ``checkpoints/.tmp-step_…``, fsynced and renamed 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import random
 import re
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
@@ -34,6 +31,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .errors import CheckpointError
+from .rng_state import capture_rng, decode_rng, encode_rng, restore_rng  # noqa: F401 - re-exported
 from .runs import RunDir, atomic_write_text, fsync_dir
 
 if sys.version_info >= (3, 11):
@@ -41,89 +39,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-if TYPE_CHECKING:
-    from .data import BatchSampler
-
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 LATEST_FILE = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-# -- RNG state ------------------------------------------------------------------------------
-
-
-def capture_rng(samplers: Mapping[str, BatchSampler]) -> dict[str, Any]:
-    """Every random stream training reads: Python, NumPy, torch (CPU, CUDA, MPS) and the samplers."""
-    rng: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "samplers": {name: sampler.get_state() for name, sampler in samplers.items()},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    if torch.backends.mps.is_available():
-        rng["mps"] = torch.mps.get_rng_state()
-    return rng
-
-
-def restore_rng(rng: Mapping[str, Any], samplers: Mapping[str, BatchSampler]) -> None:
-    """Put back what :func:`capture_rng` captured (streams absent on this machine are skipped)."""
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        states = rng["cuda"][: torch.cuda.device_count()]
-        for index, state in enumerate(states):
-            torch.cuda.set_rng_state(state, index)
-    if "mps" in rng and torch.backends.mps.is_available():
-        torch.mps.set_rng_state(rng["mps"])
-    for name, state in rng.get("samplers", {}).items():
-        if name in samplers:
-            samplers[name].set_state(state)
-
-
-def _tensor_to_b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.detach().cpu().contiguous().numpy().tobytes()).decode("ascii")
-
-
-def _b64_to_byte_tensor(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
-
-
-def _encode_rng(rng: Mapping[str, Any]) -> dict[str, Any]:
-    version, internal, gauss = rng["python"]
-    kind, keys, pos, has_gauss, cached = rng["numpy"]
-    out: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
-        "torch": _tensor_to_b64(rng["torch"]),
-        "samplers": {name: _tensor_to_b64(state) for name, state in rng.get("samplers", {}).items()},
-    }
-    if "cuda" in rng:
-        out["cuda"] = [_tensor_to_b64(s) for s in rng["cuda"]]
-    if "mps" in rng:
-        out["mps"] = _tensor_to_b64(rng["mps"])
-    return out
-
-
-def _decode_rng(raw: Mapping[str, Any]) -> dict[str, Any]:
-    version, internal, gauss = raw["python"]
-    kind, keys, pos, has_gauss, cached = raw["numpy"]
-    out: dict[str, Any] = {
-        "python": (version, tuple(internal), gauss),
-        "numpy": (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
-        "torch": _b64_to_byte_tensor(raw["torch"]),
-        "samplers": {name: _b64_to_byte_tensor(s) for name, s in raw.get("samplers", {}).items()},
-    }
-    if "cuda" in raw:
-        out["cuda"] = [_b64_to_byte_tensor(s) for s in raw["cuda"]]
-    if "mps" in raw:
-        out["mps"] = _b64_to_byte_tensor(raw["mps"])
-    return out
 
 
 # -- tensors <-> files ----------------------------------------------------------------------
@@ -227,7 +148,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "step": step,
         "optimizers": opt_described,
-        "rng": _encode_rng(rng),
+        "rng": encode_rng(rng),
         "config": config,
         "extra": dict(extra or {}),
     }
@@ -308,6 +229,44 @@ def latest_checkpoint(run: RunDir) -> Path | None:
         if is_complete(folder):
             return folder
     return None
+
+
+def unusable_checkpoints_error(run: RunDir) -> CheckpointError | None:
+    """An error naming what is wrong when the run has step folders but none is complete.
+
+    Resuming must then stop rather than start over (which would also clear the metrics), and
+    probing must say "corrupted", not "not trained yet"."""
+    folders = list_checkpoints(run)
+    if not folders or latest_checkpoint(run) is not None:
+        return None
+    return CheckpointError(
+        f"{_diagnose(folders[-1])}; no complete checkpoint is left in {run.checkpoints_dir} — "
+        "restore it from a backup or delete the step folders to start the run over"
+    )
+
+
+def _diagnose(folder: Path) -> str:
+    state = folder / STATE_FILE
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{state}: checkpoint file missing"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"{state}: corrupted checkpoint file ({_first_line(exc)})"
+    for name in (MODEL_FILE, OPTIMIZER_FILE):
+        path = folder / name
+        if not path.is_file():
+            return f"{path}: checkpoint file missing"
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                f.keys()
+        except Exception as exc:  # noqa: BLE001 - safetensors has its own error type for broken files
+            return f"{path}: corrupted checkpoint file ({_first_line(exc)})"
+    return f"{folder}: unreadable checkpoint"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _check_model_match(path: Path, model: nn.Module, tensors: dict, aliases: dict) -> dict[str, torch.Tensor]:
@@ -398,7 +357,7 @@ def load_checkpoint(
         opt_tensors, _ = _read_safetensors(path / OPTIMIZER_FILE, device)
         opt_states = _optimizer_state_dicts(path, optimizers, state.get("optimizers", []), opt_tensors)
     try:
-        rng = _decode_rng(state["rng"])
+        rng = decode_rng(state["rng"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{state_path}: corrupted checkpoint file (bad rng: {exc})") from None
     model.load_state_dict(model_state, strict=True)

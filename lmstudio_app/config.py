@@ -47,6 +47,8 @@ class TrainConfig:
     learning_rate: float = param(1e-3, min=1e-7, max=10.0, log_scale=True, help="Peak AdamW learning rate")
     min_lr: float = param(1e-4, min=0.0, max=10.0, log_scale=True, help="Learning rate at the end of the decay")
     muon_lr: float = param(0.02, min=1e-5, max=10.0, log_scale=True, help="Peak Muon learning rate (muon only)")
+    muon_momentum: float = param(0.95, min=0.0, max=0.999, step=0.01,
+                                 help="Muon's momentum (muon only); short runs learn faster with 0.9")
     schedule: str = param("cosine", choices=("cosine", "linear", "constant", "wsd"),
                           help="Decay after warmup; wsd = constant then a linear warmdown")
     warmup_steps: int = param(100, min=0, max=1_000_000, help="Linear warmup steps")

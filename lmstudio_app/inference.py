@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .checkpoints import latest_checkpoint, load_checkpoint
+from .checkpoints import latest_checkpoint, load_checkpoint, unusable_checkpoints_error
 from .config import RunConfig, validate_plugins
 from .devices import resolve_device
 from .errors import CheckpointError, LMStudioError, ParamError, PluginCallError
@@ -123,6 +123,8 @@ class Predictor:
     The model is only touched under ``lock`` (the training loop's lock when the model is live),
     in eval mode and without gradients; its previous train/eval mode is restored afterwards.
     ``device`` defaults to where the model's weights already are; passing one moves the model.
+    ``owner`` names the plugin that provides the model: an exception from its code then becomes
+    a :class:`PluginCallError` naming it (the GUI shows it instead of a traceback).
     """
 
     def __init__(
@@ -131,10 +133,12 @@ class Predictor:
         tokenizer: Tokenizer,
         device: torch.device | str | None = None,
         lock: threading.RLock | None = None,
+        owner: str | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.lock = lock
+        self.owner = owner
         if device is None:
             first = next(model.parameters(), None)
             self.device = first.device if first is not None else torch.device("cpu")
@@ -163,18 +167,28 @@ class Predictor:
             finally:
                 self.model.train(was_training)
 
+    def _forward(self, idx: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.model(idx)
+        except LMStudioError:
+            raise
+        except Exception as exc:
+            if self.owner is None:
+                raise
+            raise PluginCallError(self.owner, "running the model on a prompt", exc) from exc
+
     def _last_logits(self, ids: list[int]) -> np.ndarray:
         """Float64 logits ``(V,)`` after the last of ``ids`` (already cropped to the context)."""
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         with self._eval_mode():
-            last = self.model(idx)[0, -1]  # (V,): only this row leaves the device
+            last = self._forward(idx)[0, -1]  # (V,): only this row leaves the device
             return last.float().cpu().numpy().astype(np.float64)
 
     def _token_log_probs(self, ids: list[int], targets: list[int]) -> list[float]:
         """ln P(targets[j] | ids[: j + 1]) for each j < len(targets), computed on the device."""
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         with self._eval_mode():
-            logits = self.model(idx)[0, : len(targets)].float()  # (n, V)
+            logits = self._forward(idx)[0, : len(targets)].float()  # (n, V)
             if logits.device.type != "mps":  # MPS has no float64
                 logits = logits.double()
             wanted = torch.tensor(targets, dtype=torch.long, device=logits.device).unsqueeze(1)
@@ -372,10 +386,9 @@ def load_run(
         raise PluginCallError(registry.owner("models", spec.name), f"building model {spec.name!r}", exc) from exc
     path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run)
     if path is None:
-        raise CheckpointError(f"{run_dir}: no checkpoint yet — train the model first")
+        raise unusable_checkpoints_error(run) or CheckpointError(f"{run_dir}: no checkpoint yet — train the model first")
     load_checkpoint(path, model, map_location="cpu")
-    model.to(resolve_device(device))
-    model.eval()
+    model.to(resolve_device(device)).eval()
     return config, model, tokenizer
 
 
@@ -383,5 +396,5 @@ def load_predictor(
     run_dir: str | Path, registry: PluginRegistry, device: str = "auto", checkpoint: str | Path | None = None
 ) -> Predictor:
     """A :class:`Predictor` for a saved run."""
-    _, model, tokenizer = load_run(run_dir, registry, device, checkpoint)
-    return Predictor(model, tokenizer)
+    config, model, tokenizer = load_run(run_dir, registry, device, checkpoint)
+    return Predictor(model, tokenizer, owner=registry.owner("model", config.model.plugin))

@@ -205,7 +205,7 @@ def build_optimizers(
     if adam_groups:
         optimizers.append(_adamw(adam_groups, cfg, device))
     if matrices:
-        muon = Muon(matrices, lr=cfg.muon_lr, momentum=0.95)
+        muon = Muon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum)
         muon.param_groups[0]["initial_lr"] = cfg.muon_lr
         optimizers.append(muon)
     return optimizers

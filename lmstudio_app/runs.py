@@ -198,9 +198,12 @@ class RunDir:
             if self._ends_without_newline():
                 line = "\n" + line
             self._metrics_checked = True
-        with open(self.metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+        except OSError as exc:  # e.g. a full disk: stop with the file named, not a traceback
+            raise CheckpointError(f"{self.metrics_path}: cannot write metrics ({exc.strerror or exc})") from None
 
     def _ends_without_newline(self) -> bool:
         try:

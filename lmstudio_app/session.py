@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from . import devices
 from .config import RunConfig, copy_config, load_config, load_preset, validate_plugins
 from .data import FileInfo, TokenizedCorpus, iter_text_chunks, load_corpus_text, tokenize_corpus
 from .errors import Cancelled, ConfigError, LMStudioError, ParamError, PluginCallError
 from .inference import Predictor, load_predictor
+from .model_preview import ModelPreview, preview_model
 from .params import build_params, params_to_dict
 from .registry import PluginRegistry
 from .resources import demo_corpus_path, list_presets, preset_path
@@ -33,24 +30,6 @@ ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
 DEFAULT_PRESET = "default"  # learns the demo corpus in about a minute on a laptop CPU
-_ASSUMED_MFU = 0.35  # share of the matmul peak a small training step reaches (for time estimates)
-
-# Achieved matmul FLOP/s per device string, measured once per process (it takes ~0.2 s).
-_MATMUL_FLOPS_CACHE: dict[str, float] = {}
-_MATMUL_FLOPS_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class ModelPreview:
-    """What the model panel shows before training: size, cost and a time estimate."""
-
-    parameters: int
-    non_embedding_parameters: int
-    flops_per_token: float
-    context_length: int
-    memory_bytes: int  # weights + gradients + optimiser state + activations of one micro-batch
-    seconds_per_step: float | None  # None when the throughput could not be measured
-    device: str
 
 
 def default_config() -> RunConfig:
@@ -58,15 +37,6 @@ def default_config() -> RunConfig:
     if DEFAULT_PRESET in list_presets():
         return load_preset(preset_path(DEFAULT_PRESET), RunConfig())
     return RunConfig()
-
-
-def cached_matmul_flops(device: torch.device) -> float:
-    """The device's achieved matmul FLOP/s, measured on first use and then remembered."""
-    key = str(device)
-    with _MATMUL_FLOPS_LOCK:
-        if key not in _MATMUL_FLOPS_CACHE:
-            _MATMUL_FLOPS_CACHE[key] = devices.measure_matmul_flops(device, size=512, seconds=0.2)
-        return _MATMUL_FLOPS_CACHE[key]
 
 
 class Session:
@@ -109,24 +79,28 @@ class Session:
             self.config.data.files = []
             self._invalidate(tokenizer=True)
 
-    def set_files(self, paths: Sequence[str | Path], encoding: str = "utf-8") -> None:
-        """Read ``paths`` (files or folders); on a DataError the current corpus stays as it was."""
+    def set_files(self, paths: Sequence[str | Path], encoding: str = "utf-8",
+                  progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> None:
+        """Read ``paths`` (files or folders); on a DataError or a cancel the corpus stays as it was.
+
+        ``progress(bytes_done, bytes_total)`` follows the files; ``cancel()`` is checked between them.
+        """
         if not paths:
             raise ConfigError("data.files: choose at least one file or folder (or use the demo corpus)")
-        text, infos = load_corpus_text(
-            list(paths), readers=self.registry.readers_by_extension(), encoding=encoding
-        )
+        text, infos = load_corpus_text(list(paths), readers=self.registry.readers_by_extension(), encoding=encoding,
+                                       progress=progress, cancel=cancel)
         with self._lock:
             self.text, self.file_infos, self.using_demo, self.encoding = text, infos, False, encoding
             self.config.data.files = [str(Path(p)) for p in paths]
             self._invalidate(tokenizer=True)
 
-    def add_files(self, paths: Sequence[str | Path], encoding: str | None = None) -> None:
+    def add_files(self, paths: Sequence[str | Path], encoding: str | None = None,
+                  progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> None:
         """Add files or folders to the current ones (replacing the demo corpus)."""
         current = [] if self.using_demo else [Path(p) for p in self.config.data.files]
         known = {p.resolve() for p in current}
         merged = current + [Path(p) for p in paths if Path(p).resolve() not in known]
-        self.set_files(merged, encoding or self.encoding)
+        self.set_files(merged, encoding or self.encoding, progress, cancel)
 
     def remove_file(self, path: str | Path) -> None:
         """Drop one file; removing the last one goes back to the demo corpus."""
@@ -256,46 +230,12 @@ class Session:
     # ---- model preview --------------------------------------------------------------------
 
     def model_preview(self, measure_speed: bool = True) -> ModelPreview:
-        """Size, memory and time per step of the configured model (builds the tokenizer if needed).
-
-        The model is built on the ``meta`` device, so even a huge configuration costs no memory;
-        activations are measured by running one meta forward pass and adding up what autograd
-        saves for the backward pass.
-        """
+        """Size, memory and time per step of the configured model (builds the tokenizer if needed)."""
         vocab_size = self.ensure_tokenizer().vocab_size
         _, model_params = validate_plugins(self.config, self.registry)
         spec = self.registry.model(self.config.model.plugin)
-        train = self.config.train
-        try:
-            with torch.device("meta"):
-                model = spec.build(model_params, vocab_size)
-        except LMStudioError:
-            raise
-        except Exception as exc:
-            owner = self.registry.owner("models", spec.name)
-            raise PluginCallError(owner, f"building model {spec.name!r}", exc) from exc
-        info = model.describe()
-        parameters = int(info["parameters"])
-        context = int(info["context_length"])
-        device = devices.resolve_device(train.device)
-        autocast = devices.autocast_dtype(device, train.dtype)
-        activation_scale = 0.5 if autocast in (torch.bfloat16, torch.float16) else 1.0
-        activations = _activation_bytes(model, train.batch_size, context, vocab_size) * activation_scale
-        memory = parameters * 8 + _optimizer_state_bytes(model, train.optimizer) + int(activations)
-        seconds = None
-        if measure_speed:
-            tokens_per_step = train.batch_size * train.grad_accum * context
-            flops = cached_matmul_flops(device) * _ASSUMED_MFU
-            seconds = info["flops_per_token"] * tokens_per_step / flops if flops > 0 else None
-        return ModelPreview(
-            parameters=parameters,
-            non_embedding_parameters=int(info["non_embedding_parameters"]),
-            flops_per_token=float(info["flops_per_token"]),
-            context_length=context,
-            memory_bytes=int(memory),
-            seconds_per_step=seconds,
-            device=devices.describe_device(device),
-        )
+        owner = self.registry.owner("models", spec.name)
+        return preview_model(spec, model_params, vocab_size, self.config.train, owner, measure_speed)
 
     # ---- training and probing -------------------------------------------------------------
 
@@ -369,39 +309,3 @@ class Session:
                 self._trainer_predictor = self.trainer.predictor()
             return self._trainer_predictor
         return self._loaded_predictor
-
-
-def _optimizer_state_bytes(model: torch.nn.Module, optimizer: str) -> int:
-    """AdamW keeps two fp32 moments per weight; Muon keeps one momentum for matrices."""
-    roles: dict[str, str] = model.param_roles() if hasattr(model, "param_roles") else {}
-    total = 0
-    for name, p in model.named_parameters():
-        if name not in roles and roles:
-            continue  # a tied weight, counted under its first name
-        states = 1 if optimizer == "muon" and roles.get(name) == "matrix" else 2
-        total += p.numel() * 4 * states
-    return total
-
-
-def _activation_bytes(model: torch.nn.Module, batch: int, context: int, vocab_size: int) -> float:
-    """Bytes autograd saves for one micro-batch, from a forward pass on the meta device."""
-    param_ids = {id(p) for p in model.parameters()}
-    seen: set[int] = set()
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        base = t._base if t._base is not None else t
-        if id(t) not in seen and id(base) not in param_ids:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-        return t
-
-    try:
-        idx = torch.zeros((batch, context), dtype=torch.long, device="meta")
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            logits = model(idx)
-            torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten())
-        return float(total)
-    except Exception:  # noqa: BLE001 — an op without a meta kernel: fall back to the logits, the largest term
-        return float(batch * context * vocab_size * 4 * 3)

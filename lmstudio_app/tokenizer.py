@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -43,7 +43,11 @@ class Tokenizer:
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+        """IDs of several texts, encoded in parallel (what tokenizing a corpus uses)."""
+        # encode_batch_fast (tokenizers >= 0.20.1) skips the character offsets: ~3x faster and
+        # far less transient memory on a big corpus, with the same IDs.
+        encode = getattr(self.hf, "encode_batch_fast", self.hf.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
 
     def encode_with_offsets(self, text: str) -> list[Token]:
         enc = self.hf.encode(text, add_special_tokens=False)
@@ -86,7 +90,7 @@ class Tokenizer:
             raise
 
     @classmethod
-    def load(cls, path: str | Path, kind: str = "file") -> "Tokenizer":
+    def load(cls, path: str | Path, kind: str = "file") -> Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise TokenizerError(f"{path}: tokenizer file not found")
@@ -97,11 +101,11 @@ class Tokenizer:
         return cls.from_json(text, kind=kind, source=str(path))
 
     @classmethod
-    def from_json(cls, text: str, kind: str = "file", source: str = "tokenizer.json") -> "Tokenizer":
+    def from_json(cls, text: str, kind: str = "file", source: str = "tokenizer.json") -> Tokenizer:
         try:
             json.loads(text)
             hf = HFTokenizer.from_str(text)
-        except Exception as exc:  # tokenizers raises plain Exception subclasses
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception subclasses
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise TokenizerError(f"{source}: not a valid tokenizer.json ({first})") from None
         return cls(hf, kind=kind)

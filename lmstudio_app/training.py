@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
+from . import distributed, faults
 from . import training_setup as setup
 from .config import RunConfig
 from .data import TokenizedCorpus
 from .devices import synchronize
 from .distributed import DistInfo
-from .errors import CheckpointError, LMStudioError, ParamError, PluginCallError, TrainingError
+from .errors import CheckpointError, LMStudioError, ParamError, PluginCallError
 from .optim import lr_at, lr_scale, set_learning_rate
 from .tokenizer import Tokenizer
 from .training_setup import ProgressCallback, StepMetrics, TrainingControl, seed_everything
@@ -145,42 +145,15 @@ class Trainer:
             return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
 
     def _optimisation_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One step; returns (mean loss, grad norm) as device tensors (no sync)."""
+        """One step; returns (mean loss, grad norm) as device tensors (no sync).
+
+        Out of memory, the step is retried with micro-batches half the size (same global batch)."""
         cfg = self.config.train
         set_learning_rate(self.optimizers, lr_scale(self.step, cfg))
         if not self.model.training:  # a probe may have left it in eval mode
             self.model.train()
-        accum = cfg.grad_accum
-        total: torch.Tensor | None = None
-        out_of_memory = compile_error = False
-        try:
-            for micro in range(accum):
-                # DDP all-reduces the gradients once per step, in the last micro-batch's backward.
-                with self._no_sync() if micro < accum - 1 else contextlib.nullcontext():
-                    loss = self._loss(*self._samplers["train"].sample())
-                    if accum > 1:
-                        loss = loss / accum
-                    total = loss.detach() if total is None else total + loss.detach()
-                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        except LMStudioError:
-            raise
-        except Exception as exc:
-            if setup.is_out_of_memory(exc):
-                out_of_memory = True
-            elif not self._compile_confirmed:  # compiling happens on the first call
-                compile_error = True
-                self._compile_failed(exc)
-            else:
-                raise PluginCallError(self._model_owner, "the training step", exc) from exc
-        # Handled here, outside the except block, so the failed step's tensors can be freed.
-        if out_of_memory:
-            total = loss = None
-            raise self._out_of_memory()
-        if compile_error:
-            self._forward = self._train_module
-            self._zero_grad()
-            return self._optimisation_step()
-        self._compile_confirmed = True
+        while (total := self._accumulate()) is None:
+            self._shrink_micro_batches(self.step + 1)  # raises once a micro-batch is a single sequence
         norm = None
         if cfg.grad_clip > 0:
             if self.scaler is not None:
@@ -197,13 +170,53 @@ class Trainer:
         self._zero_grad()  # frees gradient memory between steps (probes run there)
         return total, norm
 
+    def _accumulate(self) -> torch.Tensor | None:
+        """Forward and backward over the step's micro-batches: their summed loss, None if out of memory."""
+        accum = self.config.train.grad_accum
+        total: torch.Tensor | None = None
+        failure = ""
+        try:
+            for micro in range(accum):
+                # DDP all-reduces the gradients once per step, in the last micro-batch's backward.
+                with self._no_sync() if micro < accum - 1 else contextlib.nullcontext():
+                    loss = self._loss(*self._samplers["train"].sample())
+                    if accum > 1:
+                        loss = loss / accum
+                    total = loss.detach() if total is None else total + loss.detach()
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        except LMStudioError:
+            raise
+        except Exception as exc:
+            if faults.is_out_of_memory(exc):
+                failure = "memory"
+            elif not self._compile_confirmed:  # compiling happens on the first call
+                failure = "compile"
+                self._compile_failed(exc)
+            else:
+                raise PluginCallError(self._model_owner, "the training step", exc) from exc
+        if not failure:
+            self._compile_confirmed = True
+            return total
+        # Handled here, outside the except block, so the failed step's tensors can be freed.
+        total = loss = None
+        self._zero_grad()
+        if failure == "compile":
+            self._forward = self._train_module
+            return self._accumulate()
+        faults.free_memory(self.device)
+        return None
+
+    def _shrink_micro_batches(self, step: int) -> None:
+        """Out of memory at ``step``: twice as many micro-batches, each half the size (see faults.py)."""
+        note = faults.shrink_micro_batches(self.config.train, self._samplers, step, self.device, self.dist)
+        self._pending_warning = f"{self._pending_warning}; {note}" if self._pending_warning else note
+        if self.run_dir is not None and self._main:  # so config.toml says how the run really trains
+            with contextlib.suppress(OSError):  # a full disk is reported by the next checkpoint
+                self.run_dir.save_config(self.config)
+
     def _zero_grad(self) -> None:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-
-    def _out_of_memory(self) -> TrainingError:
-        self._zero_grad()
-        return setup.out_of_memory_error(self.device, self.step + 1, self.config.train)
 
     def _check_losses(self, pending: list[torch.Tensor]) -> float:
         """Sync the losses of the steps since the last check; stop at the first nan/inf.
@@ -224,7 +237,7 @@ class Trainer:
 
     def _raise_not_finite(self, step: int, value: float) -> None:
         self.stop_reason = "error"
-        raise setup.not_finite_error(value, step, self._last_saved_step, self.config.train)
+        raise faults.not_finite_error(value, step, self._last_saved_step, self.config.train)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -343,24 +356,10 @@ class Trainer:
         sampler = self._samplers["val" if split == "val" else "train_eval"]
         count = batches or self.config.train.eval_batches
         with self.lock:
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                with torch.no_grad():
-                    total = torch.zeros((), device=self.device)
-                    for _ in range(count):
-                        total += self._loss(*sampler.sample()).float()
-                    if self.dist is not None:  # every rank evaluated its own batches: report their mean
-                        distributed.all_reduce_mean(total)
-                    return float(total) / count
-            except LMStudioError:
-                raise
-            except Exception as exc:
-                if not setup.is_out_of_memory(exc):
-                    raise PluginCallError(self._model_owner, "evaluation", exc) from exc
-            finally:
-                self.model.train(was_training)
-        raise self._out_of_memory()  # reached only after running out of memory, outside the except
+            while (value := setup.mean_loss(self.model, self._loss, sampler, count, self.device, self.dist,
+                                            self._model_owner)) is None:
+                self._shrink_micro_batches(self.step)  # out of memory: smaller evaluation batches too
+            return value
 
     def _sample_text(self) -> str | None:
         """A generated continuation shown at each evaluation (starts a fresh line if it can)."""
@@ -396,4 +395,4 @@ class Trainer:
         """Predictions from the live model, safe while training runs (they share :attr:`lock`)."""
         from .inference import Predictor  # lazy: inference imports the run/checkpoint modules
 
-        return Predictor(self.model, self.tokenizer, lock=self.lock)
+        return Predictor(self.model, self.tokenizer, lock=self.lock, owner=self._model_owner)

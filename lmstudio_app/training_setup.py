@@ -13,8 +13,6 @@ and a tokenizer plugin that is not deterministic cannot give the ranks different
 
 from __future__ import annotations
 
-import gc
-import math
 import random
 import threading
 from collections.abc import Callable, Mapping
@@ -27,12 +25,12 @@ import torch
 from torch import nn
 
 from . import checkpoints as ckpt
-from . import distributed
+from . import distributed, faults
 from .config import RunConfig, TrainConfig, copy_config, validate_plugins
 from .data import BatchSampler, FileInfo, TokenizedCorpus, iter_text_chunks, load_corpus_text, tokenize_corpus
 from .devices import autocast_dtype, resolve_device
 from .distributed import DistInfo
-from .errors import CheckpointError, ConfigError, DataError, LMStudioError, PluginCallError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, LMStudioError, PluginCallError
 from .optim import build_optimizers
 from .params import params_to_dict
 from .resources import demo_corpus_path
@@ -97,12 +95,6 @@ class TrainingControl:
         """Block while paused; False if training should stop."""
         self._running.wait()
         return not self._stop.is_set()
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
 
 
 def seed_everything(seed: int) -> None:
@@ -331,6 +323,9 @@ def restore_latest(run_dir: RunDir, model: nn.Module, optimizers: list[torch.opt
     main = dist is None or dist.is_main
     path = ckpt.latest_checkpoint(run_dir)
     if path is None:  # stopped before the first checkpoint: start over, identically seeded
+        broken = ckpt.unusable_checkpoints_error(run_dir)
+        if broken is not None:  # never silently restart a run whose checkpoints are damaged
+            raise broken
         if main:
             run_dir.truncate_metrics(0)
         return None
@@ -345,31 +340,31 @@ def restore_latest(run_dir: RunDir, model: nn.Module, optimizers: list[torch.opt
                     grad_scaler=extra.get("grad_scaler"), warning=warning)
 
 
-# -- what the loop reports when it fails or samples -----------------------------------------
+# -- evaluations ------------------------------------------------------------------------------
 
 
-def out_of_memory_error(device: torch.device, step: int, cfg: TrainConfig) -> TrainingError:
-    """Free what the failed step left cached (call after dropping its tensors) and explain."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
-    return TrainingError(
-        f"out of memory on {device} at step {step} with train.batch_size {cfg.batch_size} "
-        f"(train.grad_accum {cfg.grad_accum}); try a smaller train.batch_size or a larger train.grad_accum"
-    )
-
-
-def not_finite_error(value: float, step: int, last_saved_step: int | None, cfg: TrainConfig) -> TrainingError:
-    kind = "nan" if math.isnan(value) else "inf"
-    if last_saved_step is None:
-        good = "no checkpoint was saved before it"
-    else:
-        good = f"the last good checkpoint is step {last_saved_step}"
-    return TrainingError(
-        f"loss became {kind} at step {step}; {good} — try a lower train.learning_rate (now {cfg.learning_rate:g})"
-    )
+def mean_loss(model: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sampler: BatchSampler,
+              count: int, device: torch.device, dist: DistInfo | None, owner: str) -> float | None:
+    """Mean ``loss`` over ``count`` batches in eval mode (over all ranks under torchrun); None if out of memory."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            total = torch.zeros((), device=device)
+            for _ in range(count):
+                total += loss(*sampler.sample()).float()
+            if dist is not None:  # every rank evaluated its own batches: report their mean
+                distributed.all_reduce_mean(total)
+            return float(total) / count
+    except LMStudioError:
+        raise
+    except Exception as exc:
+        if not faults.is_out_of_memory(exc):
+            raise PluginCallError(owner, "evaluation", exc) from exc
+    finally:
+        model.train(was_training)
+    faults.free_memory(device)  # outside the except block: the failed batch is gone
+    return None
 
 
 def sample_text(predictor: Predictor, count: int, seed: int, fallback_prompt: str, owner: str) -> str:

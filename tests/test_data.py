@@ -150,7 +150,7 @@ def test_load_corpus_uses_readers_and_reports_progress(tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
     text, infos = load_corpus_text([tmp_path], readers, encoding="latin-1", progress=lambda d, t: calls.append((d, t)))
     assert text == "alpha\n\nbeta\n\ngamma\n\ncafé"
-    assert [i.encoding for i in infos] == ["latin-1", "read_jsonl", "latin-1"]
+    assert [i.encoding for i in infos] == ["utf-8", "read_jsonl", "latin-1"]  # UTF-8 files stay UTF-8
     assert calls[-1][0] == calls[-1][1] == sum(i.size_bytes for i in infos) and len(calls) == 3
 
 

@@ -138,7 +138,7 @@ def test_adamw_uses_the_fused_kernel_on_cpu() -> None:
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest() -> None:
     model = tiny_gpt(tie_weights=False)
-    adamw, muon = build_optimizers(model, cfg(optimizer="muon", muon_lr=0.03), CPU)
+    adamw, muon = build_optimizers(model, cfg(optimizer="muon", muon_lr=0.03, muon_momentum=0.9), CPU)
     assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, Muon)
     assert_partition(model, [adamw, muon])
     roles = model.param_roles()
@@ -146,6 +146,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest() -> None:
     assert {by_id[id(p)] for p in muon.param_groups[0]["params"]} == {"matrix"}
     assert {by_id[id(p)] for g in adamw.param_groups for p in g["params"]} == {"embedding", "head", "vector"}
     assert muon.param_groups[0]["initial_lr"] == 0.03
+    assert muon.param_groups[0]["momentum"] == 0.9
     set_learning_rate([adamw, muon], 0.5)
     assert muon.param_groups[0]["lr"] == pytest.approx(0.015)
     assert all(g["lr"] == pytest.approx(5e-4) for g in adamw.param_groups)

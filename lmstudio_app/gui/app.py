@@ -1,7 +1,9 @@
 """Start the desktop app: ``lmstudio`` with no arguments (or ``python -m lmstudio_app``).
 
 Opens the main window on the bundled demo corpus with settings that train in about a minute on
-a CPU, so the first launch is one click away from watching a model learn.
+a CPU, so the first launch is one click away from watching a model learn. With
+``LMSTUDIO_PLUGINS=none`` (safe mode) no third-party plugin is even imported and a banner across
+the top of the window says so; plugins that failed to load are named in the status bar.
 """
 
 from __future__ import annotations
@@ -10,18 +12,23 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QCoreApplication, Qt, QTimer
 from PySide6.QtGui import QGuiApplication, QIcon
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QToolBar
 
 from .. import __version__
 from ..errors import LMStudioError
-from ..registry import PluginRegistry
+from ..registry import PluginRegistry, safe_mode_active
 from ..resources import resource_path
 from ..session import Session
 from ..settings import disabled_plugins
-from . import dialogs, theme
+from . import dialogs, qt_refcounts, theme
+from .plugins_dialog import safe_mode_banner
+
+if TYPE_CHECKING:
+    from .main_window import MainWindow
 
 APP_NAME = "lmstudio"
 ORGANIZATION = "lmstudio_app"
@@ -52,6 +59,37 @@ def create_application(argv: Sequence[str]) -> QApplication:
     return app  # type: ignore[return-value]
 
 
+def open_main_window(plugins_dirs: Sequence[str] = ()) -> MainWindow:
+    """Discover the plugins, open a session on the demo corpus and show the main window.
+
+    Raises :class:`LMStudioError` for a bad ``--plugins-dir``; a broken plugin never stops it.
+    """
+    registry = PluginRegistry.discover(list(plugins_dirs), disabled=disabled_plugins())
+    session = Session(registry)
+    from .main_window import MainWindow  # after the QApplication: panels build widgets on import
+
+    window = MainWindow(session)
+    add_startup_notices(window, registry)
+    window.show()
+    return window
+
+
+def add_startup_notices(window: MainWindow, registry: PluginRegistry) -> None:
+    """The safe-mode banner (a fixed bar above the docks) and a note naming plugins that failed."""
+    if safe_mode_active():
+        bar = QToolBar("Safe mode", window)
+        bar.setObjectName("safeModeBar")  # saveState needs a name; a later normal start ignores it
+        bar.setMovable(False)
+        bar.setFloatable(False)
+        bar.toggleViewAction().setVisible(False)  # it cannot be hidden while safe mode is on
+        bar.addWidget(safe_mode_banner(bar))
+        window.addToolBar(Qt.ToolBarArea.TopToolBarArea, bar)
+    failed = sorted({error.name for error in registry.errors})
+    if failed:
+        window.statusBar().showMessage(
+            f"{len(failed)} plugin(s) failed to load ({', '.join(failed)}): see Plugins → Manage plugins…", 30_000)
+
+
 def main(argv: Sequence[str] | None = None, plugins_dirs: Sequence[str] = ()) -> int:
     """Run the app until its window closes; returns the exit status.
 
@@ -64,17 +102,14 @@ def main(argv: Sequence[str] | None = None, plugins_dirs: Sequence[str] = ()) ->
     args = _parse(arguments)
     app = create_application(arguments)
     hook = dialogs.ExceptionHook(lambda: QApplication.activeWindow()).install()
+    if (note := qt_refcounts.warning()) is not None:
+        sys.stderr.write(f"lmstudio: warning: {note}\n")
     try:
-        registry = PluginRegistry.discover([*plugins_dirs, *args.plugins_dir], disabled=disabled_plugins())
-        session = Session(registry)
+        window = open_main_window([*plugins_dirs, *args.plugins_dir])
     except LMStudioError as exc:  # e.g. a --plugins-dir that does not exist
         dialogs.show_exception(None, exc)
         hook.uninstall()
         return 1
-    from .main_window import MainWindow  # after the QApplication: panels build widgets on import
-
-    window = MainWindow(session)
-    window.show()
     # Ctrl+C / SIGTERM in the terminal close the window properly (training stops, checkpoint
     # saved). Python only runs signal handlers between bytecodes, so a timer wakes it up.
     previous = {sig: signal.signal(sig, lambda *_: window.close()) for sig in (signal.SIGINT, signal.SIGTERM)}

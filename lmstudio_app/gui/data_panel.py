@@ -1,8 +1,10 @@
 """The Data dock: which files make the corpus, a preview of the text, the split and its statistics.
 
-Files are read and tokenized on the thread pool. When a file is not UTF-8 the core's DataError
-says which encoding it looks like; the panel offers to read it that way (or as latin-1, which
-decodes any bytes) instead of leaving the person stuck.
+Files are read and tokenized on the thread pool, both with a progress bar and a Cancel button
+(a folder of thousands of files takes a while to read). When a file is not UTF-8 the core's
+DataError says which encoding it looks like; the panel offers to read it that way (or as
+latin-1, which decodes any bytes) instead of leaving the person stuck. Whatever fails or is
+cancelled, the corpus stays as it was.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ..session import Session
 from ..settings import add_recent_file
 from . import dialogs
 from .events import AppEvents
-from .worker import BackgroundTask, run_in_thread
+from .worker import BackgroundTask, CancelledFn, ReportFn, run_in_thread
 
 PREVIEW_CHARS = 20_000
 FALLBACK_ENCODING = "latin-1"  # decodes every byte sequence, so the retry always reads something
@@ -161,29 +163,31 @@ class DataPanel(QWidget):
         action = self.session.set_files if replace else self.session.add_files
         chosen = encoding or (self.session.encoding if not replace else "utf-8")
         self._change_corpus(
-            f"Reading {len(paths)} item(s)…", lambda: action(paths, chosen), recent=paths,
-            on_error=lambda exc, details: self._on_load_failed(exc, details, paths, replace, chosen),
+            f"Reading {len(paths)} item(s)…", lambda report, cancelled: action(paths, chosen, report, cancelled),
+            recent=paths, on_error=lambda exc, details: self._on_load_failed(exc, details, paths, replace, chosen),
         )
 
     def remove_selected(self) -> None:
         rows = sorted({index.row() for index in self.table.selectedIndexes()})
         if rows and not self.session.using_demo:
             doomed = [self.session.file_infos[row].path for row in rows]
-            self._change_corpus("Removing…", lambda: self.session.remove_files(doomed))
+            self._change_corpus("Removing…", lambda report, cancelled: self.session.remove_files(doomed))
 
     def use_demo(self) -> None:
-        self._change_corpus("Reading the demo corpus…", self.session.use_demo_corpus)
+        self._change_corpus("Reading the demo corpus…", lambda report, cancelled: self.session.use_demo_corpus())
 
-    def _change_corpus(self, message: str, action: Callable[[], object], recent: Sequence[Path] = (),
+    def _change_corpus(self, message: str, action: Callable[[ReportFn, CancelledFn], object],
+                       recent: Sequence[Path] = (),
                        on_error: Callable[[BaseException, str], None] | None = None) -> None:
-        """Run a change of files in the background, then tell the other panels."""
+        """Run a change of files in the background (with progress and cancel), then tell the other panels."""
         if self.is_busy():
             self.status.setText("Busy — wait for the current operation to finish")
             return
         self._begin(message)
-        self.task = run_in_thread(lambda report, cancelled: action(),
-                                  on_done=lambda _: self._on_corpus_changed(recent),
-                                  on_error=on_error or self._on_change_failed)
+        self.progress.setRange(0, 0)
+        self.progress.show()
+        self.task = run_in_thread(action, on_done=lambda _: self._on_corpus_changed(recent),
+                                  on_error=on_error or self._on_change_failed, progress=self._on_progress)
 
     def _on_corpus_changed(self, recent: Sequence[Path]) -> None:
         self._end()
@@ -200,6 +204,9 @@ class DataPanel(QWidget):
     def _on_load_failed(self, exc: BaseException, details: str, paths: Sequence[Path], replace: bool,
                         encoding: str) -> None:
         self._end()
+        if isinstance(exc, Cancelled):
+            self.status.setText(f"{exc}: the corpus is as it was")
+            return
         retry = suggested_encoding(str(exc)) if isinstance(exc, DataError) else None
         if retry and retry != encoding and dialogs.ask_yes_no(
             self, "Not UTF-8", f"{exc}\n\nRead the file(s) as {retry}?"

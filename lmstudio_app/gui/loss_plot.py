@@ -1,10 +1,14 @@
-"""Live loss curves that stay smooth with a million points.
+"""Live loss curves whose redraw costs the same at a thousand points or a million.
 
-Incoming metrics only go into numpy buffers (amortised O(1) appends); a ~15 Hz timer redraws
-the curves, which were created once and are updated with ``setData``. pyqtgraph clips each
-curve to the view and downsamples it ("peak" keeps spikes visible), so drawing costs about
-the plot's width in pixels whatever the number of points. Buffers are capped: past the cap the
-older half is thinned 2:1, so memory stays flat in long runs and recent steps keep full detail.
+Incoming metrics only go into numpy buffers (amortised O(1) appends, the smoothed curve's EMA
+updated incrementally); a ~15 Hz timer redraws, and only when something changed and the plot
+is on screen. A redraw hands each curve at most a few thousand points: min/max ("peak")
+decimation over the visible steps, from per-level caches that only the new points extend
+(:mod:`.curve_decimation`), so spikes stay visible and pyqtgraph never sees the full buffers.
+The axes render into cached pixmaps and, while training, the step axis spans the whole run
+from the start, so a new point repaints the curves without re-laying out the ticks and grid.
+Buffers are capped: past the cap the older half is thinned 2:1, so memory stays flat in long
+runs and recent steps keep full detail.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+from PySide6.QtGui import QShowEvent
+from PySide6.QtWidgets import QCheckBox, QGraphicsItem, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 from . import theme
+from .curve_decimation import PeakDecimator
 
 REDRAW_INTERVAL_MS = 66  # ~15 Hz: fluid to the eye, negligible cost
 DEFAULT_MAX_POINTS = 1_000_000
+MAX_BINS = 1500  # per curve: 2 points a bin, about two per pixel of a wide plot
 
 
 class SeriesBuffer:
@@ -29,6 +36,7 @@ class SeriesBuffer:
         self.max_points = max_points
         self._xy = np.empty((2, min(capacity, max_points)), dtype=np.float64)
         self.size = 0
+        self.version = 0  # bumped when points other than appended ones change (caches start over)
 
     def append(self, x: float, y: float) -> None:
         if self.size == self.max_points:
@@ -48,6 +56,7 @@ class SeriesBuffer:
         self._xy[:, :n_kept] = kept
         self._xy[:, n_kept : n_kept + self.size - half] = self._xy[:, half : self.size]
         self.size = n_kept + self.size - half
+        self.version += 1
 
     @property
     def x(self) -> np.ndarray:
@@ -67,9 +76,11 @@ class SeriesBuffer:
         self._xy[0, :n] = x
         self._xy[1, :n] = y
         self.size = n
+        self.version += 1
 
     def clear(self) -> None:
         self.size = 0
+        self.version += 1
 
 
 def ema(values: np.ndarray, smoothing: float, block: int = 128) -> np.ndarray:
@@ -99,6 +110,22 @@ def ema(values: np.ndarray, smoothing: float, block: int = 128) -> np.ndarray:
     return flat / (1.0 - a ** np.arange(1, n + 1))  # debias the zero start
 
 
+class _DecimatedCurve:
+    """One buffer drawn by one curve, through a decimator that follows the buffer's changes."""
+
+    def __init__(self, buffer: SeriesBuffer, curve: pg.PlotDataItem) -> None:
+        self.buffer = buffer
+        self.curve = curve
+        self.decimator = PeakDecimator(MAX_BINS)
+        self._version = buffer.version
+
+    def draw(self, x_min: float | None, x_max: float | None) -> None:
+        if self.buffer.version != self._version:
+            self.decimator.reset()
+            self._version = self.buffer.version
+        self.curve.setData(*self.decimator.decimate(self.buffer.x, self.buffer.y, x_min, x_max))
+
+
 class LossPlot(QWidget):
     """Train loss (raw + smoothed), validation loss markers and the learning rate (right axis)."""
 
@@ -108,18 +135,19 @@ class LossPlot(QWidget):
         self.val = SeriesBuffer(max_points)
         self.lr = SeriesBuffer(max_points)
         self.smoothing = 0.6
+        self._pending_smoothing: float | None = None  # from the slider, applied at the next redraw
         self._ema_state = 0.0  # un-debiased running EMA of the train loss, for incremental updates
         self._ema_count = 0
         self.smoothed = SeriesBuffer(max_points)
         self._dirty = False
+        self._drawn_steps: tuple[float | None, float | None] = (None, None)  # the range last decimated
+        self.redraw_count = 0  # redraws that pushed data to the curves (for tests and benchmarks)
 
         palette = theme.apply_theme()
         self.plot_widget = pg.PlotWidget()
         self.plot_item = self.plot_widget.getPlotItem()
         self.plot_item.setLabel("bottom", "step")
         self.plot_item.setLabel("left", "loss")
-        self.plot_item.setClipToView(True)
-        self.plot_item.setDownsampling(auto=True, mode="peak")
         self.plot_item.addLegend(offset=(-10, 10))
         self.train_raw_curve = self.plot_item.plot(name="train (raw)")
         self.train_curve = self.plot_item.plot(name="train")
@@ -133,11 +161,18 @@ class LossPlot(QWidget):
         self.plot_item.getAxis("right").setLabel("learning rate")
         self.lr_view.setXLink(self.plot_item)
         self.lr_curve = pg.PlotDataItem(name="learning rate")
-        self.lr_curve.setClipToView(True)
-        self.lr_curve.setDownsampling(auto=True, method="peak")
         self.lr_view.addItem(self.lr_curve)
         self.plot_item.legend.addItem(self.lr_curve, "learning rate")
         self.plot_item.vb.sigResized.connect(self._sync_lr_view)
+        for name in ("left", "bottom", "right"):
+            # Ticks, labels and grid lines are the costly part of a paint; as pixmaps they are only
+            # re-rendered when their axis range changes, not whenever a curve moves over them.
+            self.plot_item.getAxis(name).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+        self._curves = [_DecimatedCurve(self.train, self.train_raw_curve),
+                        _DecimatedCurve(self.smoothed, self.train_curve),
+                        _DecimatedCurve(self.val, self.val_curve),
+                        _DecimatedCurve(self.lr, self.lr_curve)]
+        self._set_skip_finite_check(True)
         self._apply_palette(palette)
         theme.on_scheme_changed(self, lambda: self._apply_palette(theme.plot_palette()))
 
@@ -146,7 +181,7 @@ class LossPlot(QWidget):
         self.smoothing_slider.setRange(0, 99)
         self.smoothing_slider.setValue(round(self.smoothing * 100))
         self.smoothing_slider.setToolTip("Exponential moving average of the training loss (0 = raw)")
-        self.smoothing_slider.valueChanged.connect(lambda v: self.set_smoothing(v / 100))
+        self.smoothing_slider.valueChanged.connect(self._on_smoothing_slider)
         self.smoothing_label = QLabel(f"{self.smoothing:.2f}")
         self.log_checkbox = QCheckBox("Log scale")
         self.log_checkbox.setObjectName("logScale")
@@ -179,7 +214,7 @@ class LossPlot(QWidget):
             self._ema_count += 1
             debias = 1.0 - a**self._ema_count if a > 0 else 1.0
             self.smoothed.append(step, self._ema_state / debias)
-        if lr is not None:
+        if lr is not None and np.isfinite(lr):
             self.lr.append(step, lr)
         if val_loss is not None and np.isfinite(val_loss):
             self.val.append(step, val_loss)
@@ -190,16 +225,24 @@ class LossPlot(QWidget):
         self.add_point(metrics.step, metrics.train_loss, metrics.lr, metrics.val_loss)  # type: ignore[attr-defined]
 
     def clear(self) -> None:
+        """Forget every point; the step axis follows the data again (see :meth:`set_step_range`)."""
         for buffer in (self.train, self.smoothed, self.val, self.lr):
             buffer.clear()
         self._ema_state, self._ema_count = 0.0, 0
+        self.plot_item.enableAutoRange(x=True)
         self._dirty = True
         self.redraw()
+
+    def set_step_range(self, last_step: int) -> None:
+        """Fix the step axis to 0..``last_step`` (a run's max steps): the curve fills it as it
+        trains, and the axis is not re-laid out at every new point. The "A" button undoes it."""
+        self.plot_item.setXRange(0, max(int(last_step), 1), padding=0.01)
 
     # ---- view options ---------------------------------------------------------------------
 
     def set_smoothing(self, smoothing: float) -> None:
         """Recompute the smoothed curve over every buffered point (vectorised: fast at 1M)."""
+        self._pending_smoothing = None
         self.smoothing = min(max(float(smoothing), 0.0), 0.99)
         self.smoothing_label.setText(f"{self.smoothing:.2f}")
         smoothed = ema(self.train.y, self.smoothing)
@@ -211,23 +254,50 @@ class LossPlot(QWidget):
             self._ema_state = float(smoothed[-1]) * debias
         self._dirty = True
 
+    def _on_smoothing_slider(self, value: int) -> None:
+        """Dragging sends many values: show each, recompute once per redraw with the latest."""
+        self._pending_smoothing = value / 100
+        self.smoothing_label.setText(f"{self._pending_smoothing:.2f}")
+        self._dirty = True
+
     def set_log_y(self, on: bool) -> None:
         self.plot_item.setLogMode(x=False, y=bool(on))
+        self._set_skip_finite_check(not on)  # log10 of a zero loss is -inf: let pyqtgraph check
         if self.log_checkbox.isChecked() != bool(on):
             self.log_checkbox.setChecked(bool(on))
         self._dirty = True
 
+    def _set_skip_finite_check(self, skip: bool) -> None:
+        """Only finite values are buffered, so pyqtgraph's own pass over them can be skipped."""
+        for drawn in self._curves:
+            drawn.curve.setSkipFiniteCheck(skip)
+
     # ---- drawing --------------------------------------------------------------------------
 
     def redraw(self) -> None:
-        """Push the buffers to the curves if anything arrived since the last redraw."""
-        if not self._dirty:
-            return
+        """Push the buffers to the curves, if anything changed and the plot is on screen."""
+        if self._pending_smoothing is not None:
+            self.set_smoothing(self._pending_smoothing)
+        steps = self._visible_steps()  # zoomed or panned: decimate the new slice
+        if not (self._dirty or steps != self._drawn_steps) or not self.isVisible():
+            return  # a hidden plot catches up in showEvent
         self._dirty = False
-        self.train_raw_curve.setData(self.train.x, self.train.y)
-        self.train_curve.setData(self.smoothed.x, self.smoothed.y)
-        self.val_curve.setData(self.val.x, self.val.y)
-        self.lr_curve.setData(self.lr.x, self.lr.y)
+        self._drawn_steps = steps
+        self.redraw_count += 1
+        for drawn in self._curves:
+            drawn.draw(*steps)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self.redraw()
+
+    def _visible_steps(self) -> tuple[float | None, float | None]:
+        """The step range on screen; (None, None) while the axis follows the data (all of it)."""
+        view = self.plot_item.vb
+        if view.state["autoRange"][view.XAxis]:
+            return None, None
+        x_min, x_max = view.viewRange()[0]
+        return float(x_min), float(x_max)
 
     def _sync_lr_view(self) -> None:
         self.lr_view.setGeometry(self.plot_item.vb.sceneBoundingRect())

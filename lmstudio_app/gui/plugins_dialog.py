@@ -30,6 +30,18 @@ from ..specs import PluginInfo
 
 COLUMNS = ("Enabled", "Name", "Version", "Source", "Provides", "Status")
 _BANNER_STYLE = "background: #fff3cd; color: #664d03; padding: 6px; border-radius: 4px;"
+SAFE_MODE_TEXT = ("Safe mode (LMSTUDIO_PLUGINS=none): only the built-in plugin is loaded; third-party plugins "
+                  "are off until lmstudio starts without it.")
+TRUST_TEXT = "Plugins are Python code and run with your permissions: install only plugins you trust."
+
+
+def safe_mode_banner(parent: QWidget | None = None) -> QLabel:
+    """The yellow line that says safe mode is on (shown by this dialog and the main window)."""
+    banner = QLabel(SAFE_MODE_TEXT, parent)
+    banner.setObjectName("safeModeBanner")
+    banner.setStyleSheet(_BANNER_STYLE)
+    banner.setWordWrap(True)
+    return banner
 
 
 def open_plugin_folder() -> Path:
@@ -55,14 +67,10 @@ class PluginsDialog(QDialog):
         self.infos = list(registry.plugins)
         self._disabled = set(disabled_plugins())
 
-        self.safe_mode_banner = QLabel(
-            "Safe mode (LMSTUDIO_PLUGINS=none): only the built-in plugin is loaded.")
-        self.safe_mode_banner.setObjectName("safeModeBanner")
-        self.safe_mode_banner.setStyleSheet(_BANNER_STYLE)
+        self.safe_mode_banner = safe_mode_banner()
         self.safe_mode_banner.setVisible(safe_mode_active())
-        warning = QLabel(
-            "Plugins are Python code and run with your permissions: install only plugins you trust. "
-            f"Drop plugin files into {user_plugin_dir()}.")
+        warning = QLabel(f"{TRUST_TEXT} Drop plugin files into {user_plugin_dir()}.")
+        warning.setObjectName("pluginTrustWarning")
         warning.setWordWrap(True)
         warning.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 

@@ -227,6 +227,7 @@ class TrainingPanel(QWidget):
                     signal.emit()
             self.loss_plot.clear()
             self._load_history(trainer)
+            self.loss_plot.set_step_range(trainer.config.train.max_steps)
             self.samples.clear()
             self._first_step = None
             self.progress.setRange(0, trainer.config.train.max_steps)

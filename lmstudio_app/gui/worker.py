@@ -4,6 +4,11 @@ The trainer is Qt-free; :class:`TrainingWorker` only iterates ``trainer.steps()`
 each :class:`~lmstudio_app.training.StepMetrics` into a queued signal. Pause, resume and stop
 go straight to ``trainer.control`` (plain thread-safe flags), so they work even while the worker
 thread is busy inside a step. The UI touches the live model only through the trainer's lock.
+
+The queue of reports is bounded: a tiny model logging every step can report thousands of times a
+second, and if the GUI thread falls behind (a dialog open, a slow redraw) the queued signals would
+grow without limit. The worker waits once :data:`MAX_PENDING_REPORTS` are undelivered, so memory
+stays flat however long the run; a stop never waits (the GUI thread may be blocked joining it).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from .dialogs import describe_exception
 T = TypeVar("T")
 ReportFn = Callable[[int, int], None]
 CancelledFn = Callable[[], bool]
+MAX_PENDING_REPORTS = 256  # reports queued for the GUI thread before training waits for it
 
 
 class TrainingWorker(QObject):
@@ -31,14 +37,18 @@ class TrainingWorker(QObject):
     finished = Signal(str)  # the trainer's stop reason ("finished", "stopped", ...)
     failed = Signal(str, str)  # (one-line message, traceback)
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: Trainer, max_pending: int = MAX_PENDING_REPORTS) -> None:
         super().__init__()
         self.trainer = trainer
+        self.max_pending = max_pending
+        self.pending = 0  # reports emitted but not yet delivered in the GUI thread
+        self._room = threading.Condition()
 
     @Slot()
     def run(self) -> None:
         try:
             for metrics in self.trainer.steps():
+                self._wait_for_room()
                 self.step.emit(metrics)
         except LMStudioError as exc:
             self.failed.emit(str(exc), traceback.format_exc())
@@ -46,6 +56,18 @@ class TrainingWorker(QObject):
             self.failed.emit(describe_exception(exc), traceback.format_exc())
         else:
             self.finished.emit(str(self.trainer.stop_reason or "finished"))
+
+    def _wait_for_room(self) -> None:
+        with self._room:
+            while self.pending >= self.max_pending and not self.trainer.control.stop_requested:
+                self._room.wait(0.1)
+            self.pending += 1
+
+    def delivered(self) -> None:
+        """One report reached the GUI thread (called there, by the runner)."""
+        with self._room:
+            self.pending = max(0, self.pending - 1)
+            self._room.notify()
 
     def pause(self) -> None:
         self.trainer.control.pause()
@@ -78,7 +100,7 @@ class TrainingRunner(QObject):
         worker = TrainingWorker(trainer)
         worker.moveToThread(thread)
         thread.started.connect(worker.run)
-        worker.step.connect(self.step)
+        worker.step.connect(self._on_step)  # queued: runs in the GUI thread
         worker.finished.connect(self._on_finished)
         worker.failed.connect(self._on_failed)
         # The thread's event loop only has to run worker.run; quit as soon as it returns. Direct
@@ -117,6 +139,13 @@ class TrainingRunner(QObject):
     def stop_and_wait(self, timeout_ms: int = -1) -> bool:
         self.stop()  # TrainingControl.stop also wakes a paused trainer
         return self.wait(timeout_ms)
+
+    @Slot(object)
+    def _on_step(self, metrics: object) -> None:
+        sender = self.sender()
+        if isinstance(sender, TrainingWorker):
+            sender.delivered()
+        self.step.emit(metrics)
 
     def _on_finished(self, reason: str) -> None:
         self.finished.emit(reason)

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QElapsedTimer, Qt, QTimer
+from PySide6.QtCore import Qt, QTimer
 
 from lmstudio_app.devices import available_devices
 from lmstudio_app.errors import Cancelled, TrainingError
-from lmstudio_app.gui.loss_plot import LossPlot, SeriesBuffer, ema
 from lmstudio_app.gui.training_panel import IDLE, PAUSED, RUNNING, TrainingPanel, format_duration
 from lmstudio_app.gui.worker import run_in_thread
 from lmstudio_app.training import StepMetrics, TrainingControl
@@ -115,54 +114,6 @@ def test_device_combo_and_presets(qtbot, panel, session, events):
     assert panel.form.values()["max_steps"] == session.config.train.max_steps == 600
 
 
-def test_series_buffer_grows_and_thins_older_points():
-    buffer = SeriesBuffer(max_points=8, capacity=2)
-    for i in range(8):
-        buffer.append(i, i * 10)
-    assert list(buffer.x) == list(range(8))
-    buffer.append(8, 80)  # full: the older half (0..3) is thinned 2:1, the recent half kept
-    assert list(buffer.x) == [0, 2, 4, 5, 6, 7, 8]
-    for i in range(9, 10_000):
-        buffer.append(i, i)
-    assert buffer.size <= 8 and buffer.x[-1] == 9999 and np.all(np.diff(buffer.x) > 0)
-
-
-def test_ema_matches_a_plain_loop():
-    rng = np.random.default_rng(0)
-    values = rng.normal(size=1000)
-    for smoothing in (0.0, 0.3, 0.9, 0.99):
-        expected, state = [], 0.0
-        for t, v in enumerate(values, start=1):
-            state = smoothing * state + (1 - smoothing) * v
-            expected.append(state / (1 - smoothing**t) if smoothing else state)
-        assert np.allclose(ema(values, smoothing), expected)
-
-
-def test_loss_plot_smoothing_log_scale_and_100k_points(qtbot):
-    plot = LossPlot(max_points=50_000)
-    qtbot.addWidget(plot)
-    plot.show()
-    n = 120_000
-    losses = 3.0 * np.exp(-np.arange(n) / 20_000) + 0.5
-    for i in range(n):
-        plot.add_point(i + 1, losses[i], lr=1e-3, val_loss=losses[i] if i % 1000 == 0 else None)
-    assert plot.train.size <= 50_000 and plot.train.x[-1] == n  # memory stays bounded
-    timer = QElapsedTimer()
-    timer.start()
-    plot.redraw()
-    qtbot.wait(10)
-    print(f"\nredraw with {plot.train.size} buffered points: {timer.elapsed()} ms")
-    incremental = plot.smoothed.y.copy()
-    plot.smoothing_slider.setValue(60)  # the same smoothing, recomputed in one vectorised pass
-    plot.set_smoothing(0.6)
-    assert np.allclose(plot.smoothed.y, ema(plot.train.y, 0.6))
-    assert np.allclose(incremental[-100:], plot.smoothed.y[-100:], rtol=1e-3)
-    plot.smoothing_slider.setValue(0)
-    assert np.allclose(plot.smoothed.y, plot.train.y)
-    plot.log_checkbox.setChecked(True)
-    assert plot.plot_item.ctrl.logYCheck.isChecked()
-
-
 def test_ui_stays_responsive_while_training(qtbot, panel, session):
     """Worst gap between 5 ms timer ticks during a short run: printed, with a sanity bound."""
     panel.form.widget_for("max_steps").setValue(60)
@@ -207,21 +158,6 @@ def test_save_checkpoint_button(qtbot, panel, session):
     assert message.startswith("Checkpoint saved: ")
     written = Path(message.split(": ", 1)[1])
     assert written.exists() and written.parent == folder
-
-
-def test_plots_follow_a_dark_system_theme(qtbot, monkeypatch):
-    from lmstudio_app.gui import theme
-
-    plot = LossPlot()
-    qtbot.addWidget(plot)
-    assert plot.plot_widget.backgroundBrush().color().name() == theme.plot_palette().background
-    monkeypatch.setattr(theme, "is_dark", lambda: True)
-    relay = plot.findChild(theme._Relay)
-    relay.fire()  # what QStyleHints.colorSchemeChanged triggers
-    assert plot.plot_widget.backgroundBrush().color().name() == theme.DARK.background
-    assert plot.train_curve.opts["pen"].color().name() == theme.DARK.train
-    monkeypatch.undo()
-    theme.apply_theme()  # pyqtgraph's colours are global: leave them as the next test expects
 
 
 def test_resume_run_continues_a_saved_run_with_its_history(qtbot, panel, session):
