@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,15 +47,15 @@ def make_app() -> Any:
     return QApplication.instance() or QApplication(["bench"])
 
 
-def open_window(max_steps: int, preset: str = "default", device: str = "cpu") -> Any:
-    """A shown MainWindow on the demo corpus with ``preset`` and ``max_steps``."""
+def open_window(max_steps: int, preset: str = "default", device: str = "cpu", threads: int = 0) -> Any:
+    """A shown MainWindow on the demo corpus with ``preset``, ``max_steps`` and ``threads``."""
     from lmstudio_app.gui.main_window import MainWindow
     from lmstudio_app.registry import PluginRegistry
     from lmstudio_app.session import Session
 
     session = Session(PluginRegistry.discover(use_user_dir=False))
     session.apply_preset(preset)
-    session.set_train({"max_steps": max_steps, "device": device})
+    session.set_train({"max_steps": max_steps, "device": device, "threads": threads})
     window = MainWindow(session)
     window.resize(1400, 900)
     window.show()
@@ -93,10 +94,47 @@ def process_until(predicate: Callable[[], bool], timeout_s: float) -> None:
         raise TimeoutError(f"gave up after {timeout_s:.0f} s")
 
 
+def settle(window: Any, timeout_s: float = 120) -> None:
+    """Wait until every panel's background work is done (the model panel's size and speed
+    preview, for one, measures the machine for a second when the window opens), as a person
+    would before pressing Start; then half a second more for the last repaints."""
+    panels = [p for p in window.panels.values() if callable(getattr(p, "is_busy", None))]
+    process_until(lambda: not any(p.is_busy() for p in panels), timeout_s)
+    spin(0.5)
+
+
 def spin(seconds: float) -> None:
     """Run the event loop for ``seconds`` (to let a window lay itself out, or finish redrawing)."""
     until = time.monotonic() + seconds
     process_until(lambda: time.monotonic() >= until, seconds + 5)
+
+
+class CpuMeter:
+    """CPU seconds used by this process's main thread and by all its other threads together,
+    between :meth:`start` and :meth:`stop` (psutil reads them from the OS). Unlike wall time,
+    this hardly depends on what else the machine runs, so it shows what the GUI itself costs."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._main_tid = threading.main_thread().native_id
+        self._start = (0.0, 0.0)
+        self.main_s = self.others_s = 0.0
+
+    def _sample(self) -> tuple[float, float]:
+        """(main thread, whole process): a thread that ended still counts in the process total."""
+        main = sum(t.user_time + t.system_time for t in self._process.threads() if t.id == self._main_tid)
+        times = self._process.cpu_times()
+        return main, times.user + times.system
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self) -> None:
+        main, total = self._sample()
+        self.main_s = main - self._start[0]
+        self.others_s = total - self._start[1] - self.main_s
 
 
 class GapProbe:
@@ -131,7 +169,8 @@ class GapProbe:
 
 
 def train_in_window(window: Any, timeout_s: float, probe: GapProbe | None = None) -> dict[str, Any]:
-    """Click Start and wait for the end; returns wall time of the loop and the trainer's own clock."""
+    """Click Start and wait for the end; returns the loop's wall time, the trainer's own clock,
+    and the CPU seconds of the GUI thread and of the other threads (training, pool) meanwhile."""
     from lmstudio_app.gui.training_panel import IDLE, RUNNING
 
     panel = window.training_panel
@@ -141,10 +180,13 @@ def train_in_window(window: Any, timeout_s: float, probe: GapProbe | None = None
     window.events.training_finished.connect(finished.append)
     panel.start_button.click()
     process_until(lambda: panel.state == RUNNING or bool(finished), timeout_s)
+    cpu = CpuMeter()
+    cpu.start()
     if probe is not None:
         probe.start()
     process_until(lambda: bool(finished) and panel.state == IDLE, timeout_s)
     ended = time.perf_counter()
+    cpu.stop()
     if probe is not None:
         probe.stop()
     trainer = window.session.trainer
@@ -152,7 +194,8 @@ def train_in_window(window: Any, timeout_s: float, probe: GapProbe | None = None
         raise RuntimeError(f"the run ended with {finished[0]!r}")
     records = trainer.run_dir.read_metrics()
     return {"loop_wall_s": ended - started[0], "train_s": float(records[-1]["elapsed_s"]),
-            "steps": trainer.step, "final_loss": float(records[-1]["train_loss"])}
+            "steps": trainer.step, "final_loss": float(records[-1]["train_loss"]),
+            "gui_cpu_s": cpu.main_s, "other_cpu_s": cpu.others_s}
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

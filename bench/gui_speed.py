@@ -22,6 +22,9 @@ Both count the whole loop: steps, evaluations, generated samples and the final c
 the config's own eval/log/sample settings. tokens/s = steps x batch_size x context_length /
 loop seconds. The table gives the median and the best run of each (on a busy machine the best
 run is the closest to the code's own speed) and each row's ratio to both headless rows (1.00 = as fast).
+"CPU s" is the process's CPU time during the loop (median), and "GUI thread CPU" the main
+thread's CPU time as a share of the loop's wall time: these hardly depend on the machine's
+other load, so they show the app's own cost even when the tokens/s are noisy.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gui_harness import make_app, open_window, run_worker, spin, table, train_in_window
+from gui_harness import CpuMeter, make_app, open_window, run_worker, settle, table, train_in_window
 
 MAIN = "headless, main thread (as the CLI)"
 THREAD = "headless, worker thread (as the app)"
@@ -47,15 +50,17 @@ def tokens_per_step(config: Any) -> int:
     return int(config.train.batch_size) * int(config.model.params["context_length"])
 
 
-def worker_headless(steps: int, preset: str, in_thread: bool) -> dict[str, Any]:
+def worker_headless(steps: int, preset: str, threads: int, in_thread: bool) -> dict[str, Any]:
     from lmstudio_app.registry import PluginRegistry
     from lmstudio_app.session import Session
 
     session = Session(PluginRegistry.discover(use_user_dir=False))
     session.apply_preset(preset)
-    session.set_train({"max_steps": steps, "device": "cpu"})
+    session.set_train({"max_steps": steps, "device": "cpu", "threads": threads})
     trainer = session.create_trainer(Path(tempfile.mkdtemp(prefix="run-", dir=".")))
     timing: list[float] = []
+    cpu = CpuMeter()
+    cpu.start()
 
     def loop() -> None:
         started = time.perf_counter()
@@ -69,17 +74,20 @@ def worker_headless(steps: int, preset: str, in_thread: bool) -> dict[str, Any]:
         thread.join()
     else:
         loop()
+    cpu.stop()
     return {"loop_s": timing[0], "tokens_per_s": trainer.step * tokens_per_step(session.config) / timing[0],
-            "steps": trainer.step}
+            "steps": trainer.step, "gui_cpu_s": 0.0 if in_thread else None,
+            "cpu_s": cpu.main_s + cpu.others_s}
 
 
-def worker_app(steps: int, preset: str) -> dict[str, Any]:
+def worker_app(steps: int, preset: str, threads: int) -> dict[str, Any]:
     make_app()
-    window = open_window(steps, preset)
-    spin(1.0)  # as a person would: the window is up before they press Start
+    window = open_window(steps, preset, threads=threads)
+    settle(window)  # as a person would: the window is up and quiet before they press Start
     run = train_in_window(window, timeout_s=1800)
     result = {"loop_s": run["loop_wall_s"], "steps": run["steps"],
-              "tokens_per_s": run["steps"] * tokens_per_step(window.session.config) / run["loop_wall_s"]}
+              "tokens_per_s": run["steps"] * tokens_per_step(window.session.config) / run["loop_wall_s"],
+              "gui_cpu_s": run["gui_cpu_s"], "cpu_s": run["gui_cpu_s"] + run["other_cpu_s"]}
     window.close()
     return result
 
@@ -89,14 +97,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--preset", default="default")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each row")
+    parser.add_argument("--threads", type=int, default=0, help="train.threads (0: PyTorch's default)")
     parser.add_argument("--baseline", metavar="DIR", help="also run the app from this copy of lmstudio_app")
     parser.add_argument("--worker", choices=("main", "thread", "app"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
         if args.worker == "app":
-            print(json.dumps(worker_app(args.steps, args.preset)))
+            print(json.dumps(worker_app(args.steps, args.preset, args.threads)))
         else:
-            print(json.dumps(worker_headless(args.steps, args.preset, in_thread=args.worker == "thread")))
+            print(json.dumps(worker_headless(args.steps, args.preset, args.threads, in_thread=args.worker == "thread")))
         return
 
     rows = [(MAIN, "main", None), (THREAD, "thread", None), ("app", "app", None)]
@@ -107,8 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     for repeat in range(args.repeats):
         for name, kind, impl in rows if repeat % 2 == 0 else rows[::-1]:
             print(f"  run {repeat + 1}/{args.repeats}: {name}…", file=sys.stderr, flush=True)
-            result = run_worker(script, ["--worker", kind, "--steps", str(args.steps), "--preset", args.preset],
-                                impl, timeout_s=3600)
+            worker_args = ["--worker", kind, "--steps", str(args.steps), "--preset", args.preset,
+                           "--threads", str(args.threads)]
+            result = run_worker(script, worker_args, impl, timeout_s=3600)
             results[name].append(result)
             print(f"    {result['tokens_per_s']:,.0f} tokens/s", file=sys.stderr, flush=True)
 
@@ -120,10 +130,16 @@ def main(argv: list[str] | None = None) -> None:
         median, best = statistics.median(speeds(name)), max(speeds(name))
         ratios = [f"{median / statistics.median(speeds(ref)):.3f}  {best / max(speeds(ref)):.3f}"
                   for ref in (THREAD, MAIN)]
-        lines.append([name, f"{median:,.0f}", f"{best:,.0f}", *ratios, " ".join(f"{s:,.0f}" for s in speeds(name))])
-    print(f"\nTraining speed, preset {args.preset!r}, {args.steps} steps, {args.repeats} runs each (CPU)\n")
+        cpu = statistics.median(r["cpu_s"] for r in results[name])
+        gui = [r["gui_cpu_s"] for r in results[name] if r["gui_cpu_s"] is not None]
+        gui_share = f"{statistics.median(g / r['loop_s'] for g, r in zip(gui, results[name])):.1%}" if gui else "-"
+        lines.append([name, f"{median:,.0f}", f"{best:,.0f}", *ratios, f"{cpu:.2f}", gui_share,
+                      " ".join(f"{s:,.0f}" for s in speeds(name))])
+    threads = args.threads or "PyTorch's default"
+    print(f"\nTraining speed, preset {args.preset!r}, {args.steps} steps, {args.repeats} runs each, CPU, "
+          f"threads: {threads}\n")
     print(table(["row", "median tok/s", "best tok/s", "vs thread: median  best", "vs main: median  best",
-                 "all runs"], lines))
+                 "CPU s", "GUI thread CPU", "all runs (tok/s)"], lines))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 The built-in GPT names its weights after nanoGPT/GPT-2, and its options line up with two
 transformers architectures exactly:
 
-    GPT-2 style   positional = learned, norm = layernorm, mlp = gelu (tanh approximation)
+    GPT-2 style   positional = learned, norm = layernorm, mlp = gelu (exact, erf)
     Llama style   positional = rotary,  norm = rmsnorm,   mlp = swiglu
 
 Anything else (relu2, qk_norm, logit_softcap, a mix of the two styles) has no equivalent and is
@@ -243,7 +243,7 @@ def _gpt2_config(p: Any, model: Any, tensors: dict[str, torch.Tensor], tied: boo
         "n_layer": sum(1 for k in tensors if k.endswith(".ln_1.weight")),
         "n_head": p.n_head,
         "n_inner": tensors["transformer.h.0.mlp.c_fc.weight"].shape[1],
-        "activation_function": "gelu_new",  # the tanh approximation, as F.gelu(approximate="tanh")
+        "activation_function": "gelu",  # exact (erf) GELU, as the GPT plugin's F.gelu
         "layer_norm_epsilon": _norm_eps(model),
         "resid_pdrop": p.dropout, "embd_pdrop": p.dropout, "attn_pdrop": p.dropout,
         "scale_attn_weights": True,  # scores / sqrt(head_dim), as scaled_dot_product_attention

@@ -1,8 +1,9 @@
 """Live loss curves whose redraw costs the same at a thousand points or a million.
 
 Incoming metrics only go into numpy buffers (amortised O(1) appends, the smoothed curve's EMA
-updated incrementally); a ~15 Hz timer redraws, and only when something changed and the plot
-is on screen. A redraw hands each curve at most a few thousand points: min/max ("peak")
+updated incrementally); a timer redraws, only when something changed and the plot is on
+screen, up to 15 times a second but never taking more than 5% of the GUI thread (a training
+thread shares the interpreter with it, so plot time is training time). A redraw hands each curve at most a few thousand points: min/max ("peak")
 decimation over the visible steps, from per-level caches that only the new points extend
 (:mod:`.curve_decimation`), so spikes stay visible and pyqtgraph never sees the full buffers.
 The axes render into cached pixmaps and, while training, the step axis spans the whole run
@@ -13,18 +14,24 @@ runs and recent steps keep full detail.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QShowEvent
+from PySide6.QtGui import QPaintEvent, QShowEvent
 from PySide6.QtWidgets import QCheckBox, QGraphicsItem, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 from . import theme
 from .curve_decimation import PeakDecimator
 
-REDRAW_INTERVAL_MS = 66  # ~15 Hz: fluid to the eye, negligible cost
+REDRAW_INTERVAL_MS = 66  # ~15 Hz at most: fluid to the eye
+MAX_REDRAW_INTERVAL_MS = 500  # and at least 2 Hz, however slow the machine
+REDRAW_BUDGET = 0.05  # share of the GUI thread's time that redrawing the plot may take
 DEFAULT_MAX_POINTS = 1_000_000
 MAX_BINS = 1500  # per curve: 2 points a bin, about two per pixel of a wide plot
+RANGE_HEADROOM = 0.05  # an auto-ranged axis leaves this share of the data's span free on each side
+RANGE_SHRINK_BELOW = 0.5  # ... and only shrinks when the data fills less than this share of it
 
 
 class SeriesBuffer:
@@ -110,6 +117,64 @@ def ema(values: np.ndarray, smoothing: float, block: int = 128) -> np.ndarray:
     return flat / (1.0 - a ** np.arange(1, n + 1))  # debias the zero start
 
 
+class _TimedPlotWidget(pg.PlotWidget):
+    """A PlotWidget that remembers how long its last paint took (for the redraw budget)."""
+
+    paint_s = 0.0
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+        started = time.perf_counter()
+        super().paintEvent(event)
+        self.paint_s = time.perf_counter() - started
+
+
+class StickyViewBox(pg.ViewBox):
+    """A ViewBox whose auto-range moves in steps instead of following every new point.
+
+    Re-ranging an axis re-lays out its ticks, labels and grid: the costliest part of a paint.
+    Plain auto-range does it whenever the loss reaches a new low; here an auto-ranged axis keeps
+    its range while the data still fits it and fills at least half of it, and when it has to
+    move it leaves some headroom. A range set any other way (zoom, pan) is left alone, and the
+    "A" button still fits the data at once.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._auto_ranges: list[tuple[float, float] | None] = [None, None]  # what auto-range set last
+
+    def setRange(self, rect: object = None, xRange: object = None, yRange: object = None,  # noqa: N802, N803
+                 padding: float | None = None, update: bool = True, disableAutoRange: bool = True) -> None:  # noqa: N803
+        if not disableAutoRange:  # only ViewBox.updateAutoRange asks this way
+            current = self.viewRange()
+            xRange = self._sticky(self.XAxis, current[0], xRange)
+            yRange = self._sticky(self.YAxis, current[1], yRange)
+            if xRange is None and yRange is None:
+                return
+        super().setRange(rect, xRange, yRange, padding, update, disableAutoRange)
+        if not disableAutoRange:
+            for axis, asked in ((self.XAxis, xRange), (self.YAxis, yRange)):
+                if asked is not None:
+                    self._auto_ranges[axis] = tuple(self.viewRange()[axis])
+
+    def enableAutoRange(self, axis: object = None, enable: bool | float = True, x: object = None,  # noqa: N802
+                        y: object = None) -> None:
+        super().enableAutoRange(axis, enable, x, y)
+        self._auto_ranges = [None, None]  # (re-)enabled, e.g. by the "A" button: fit the data exactly once
+
+    def _sticky(self, axis: int, current: list[float], target: object) -> tuple[float, float] | None:
+        """The range to set for ``target`` (the data's padded bounds), or None to keep ``current``."""
+        if target is None:
+            return None
+        low, high = (float(v) for v in target)  # type: ignore[union-attr]
+        span, shown = high - low, current[1] - current[0]
+        if (self._auto_ranges[axis] == tuple(current) and current[0] <= low and high <= current[1]
+                and span >= RANGE_SHRINK_BELOW * shown):
+            return None
+        if self._auto_ranges[axis] is None:
+            return low, high
+        return low - span * RANGE_HEADROOM, high + span * RANGE_HEADROOM
+
+
 class _DecimatedCurve:
     """One buffer drawn by one curve, through a decimator that follows the buffer's changes."""
 
@@ -140,11 +205,12 @@ class LossPlot(QWidget):
         self._ema_count = 0
         self.smoothed = SeriesBuffer(max_points)
         self._dirty = False
+        self._frame_cost_s = 0.0  # smoothed cost of one redraw + paint, sets the redraw interval
         self._drawn_steps: tuple[float | None, float | None] = (None, None)  # the range last decimated
         self.redraw_count = 0  # redraws that pushed data to the curves (for tests and benchmarks)
 
         palette = theme.apply_theme()
-        self.plot_widget = pg.PlotWidget()
+        self.plot_widget = _TimedPlotWidget(viewBox=StickyViewBox())
         self.plot_item = self.plot_widget.getPlotItem()
         self.plot_item.setLabel("bottom", "step")
         self.plot_item.setLabel("left", "loss")
@@ -154,7 +220,7 @@ class LossPlot(QWidget):
         self.val_curve = self.plot_item.plot(name="validation", symbol="o", symbolSize=6)
 
         # The learning rate lives on its own y axis: a second ViewBox sharing the x axis.
-        self.lr_view = pg.ViewBox()
+        self.lr_view = StickyViewBox()
         self.plot_item.showAxis("right")
         self.plot_item.scene().addItem(self.lr_view)
         self.plot_item.getAxis("right").linkToView(self.lr_view)
@@ -164,10 +230,10 @@ class LossPlot(QWidget):
         self.lr_view.addItem(self.lr_curve)
         self.plot_item.legend.addItem(self.lr_curve, "learning rate")
         self.plot_item.vb.sigResized.connect(self._sync_lr_view)
-        for name in ("left", "bottom", "right"):
-            # Ticks, labels and grid lines are the costly part of a paint; as pixmaps they are only
-            # re-rendered when their axis range changes, not whenever a curve moves over them.
-            self.plot_item.getAxis(name).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+        # Ticks, labels and grid lines are the costly part of a paint; as pixmaps they are only
+        # re-rendered when their axis range changes, not whenever a curve moves over them.
+        for item in (*(self.plot_item.getAxis(name) for name in ("left", "bottom", "right")), self.plot_item.legend):
+            item.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         self._curves = [_DecimatedCurve(self.train, self.train_raw_curve),
                         _DecimatedCurve(self.smoothed, self.train_curve),
                         _DecimatedCurve(self.val, self.val_curve),
@@ -282,6 +348,7 @@ class LossPlot(QWidget):
         if not (self._dirty or steps != self._drawn_steps) or not self.isVisible():
             return  # a hidden plot catches up in showEvent
         self._dirty = False
+        self._frame_cost_s = 0.0  # smoothed cost of one redraw + paint, sets the redraw interval
         self._drawn_steps = steps
         self.redraw_count += 1
         for drawn in self._curves:

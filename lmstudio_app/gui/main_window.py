@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, Qt
+from PySide6.QtCore import QByteArray, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QShowEvent
 from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QMenu, QWidget
 
@@ -20,6 +20,7 @@ from ..errors import ConfigError, LMStudioError
 from ..resources import resource_path
 from ..session import Session
 from ..settings import load_settings, recent_files, save_settings
+from ..training import StepMetrics
 from . import dialogs
 from .data_panel import DataPanel
 from .events import AppEvents
@@ -28,7 +29,7 @@ from .pipeline_view import PipelineView
 from .plugins_dialog import PluginsDialog, open_plugin_folder
 from .predictions_panel import PredictionsPanel
 from .tokenizer_panel import TokenizerPanel
-from .training_panel import TrainingPanel
+from .training_panel import STATUS_INTERVAL_MS, TrainingPanel
 from .worker import run_in_thread
 
 STATE_VERSION = 1  # bump when the set of docks changes, so an old saved layout is ignored
@@ -81,7 +82,7 @@ class MainWindow(QMainWindow):
         self.events.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
         self.events.training_step.connect(self._on_training_step)
         self.events.training_started.connect(self._on_training_started)
-        self.events.training_finished.connect(lambda reason: self._update_actions())
+        self.events.training_finished.connect(self._on_training_finished)
         self.events.training_paused.connect(self._update_actions)
         self.events.training_resumed.connect(self._update_actions)
         self.events.train_config_changed.connect(self._update_device_label)
@@ -261,6 +262,9 @@ class MainWindow(QMainWindow):
     # ---- status bar --------------------------------------------------------------------------
 
     def _build_status_bar(self) -> None:
+        self._latest_step: StepMetrics | None = None
+        self._status_timer = QTimer(self, singleShot=True, interval=STATUS_INTERVAL_MS)
+        self._status_timer.timeout.connect(self._show_training_step)
         self.device_label = QLabel()
         self.params_label = QLabel()
         self.step_label = QLabel()
@@ -284,11 +288,24 @@ class MainWindow(QMainWindow):
             self.params_label.setText(f"{trainer.model.num_parameters():,} parameters")
         self._update_actions()
 
-    def _on_training_step(self, metrics) -> None:
-        self.step_label.setText(f"step {metrics.step:,} / {metrics.max_steps:,}")
-        self.speed_label.setText(f"{metrics.tokens_per_s:,.0f} tokens/s")
+    def _on_training_step(self, metrics: StepMetrics) -> None:
+        """Reports can come hundreds of times a second: the labels follow at most every 100 ms."""
+        self._latest_step = metrics
+        if not self._status_timer.isActive():
+            self._status_timer.start()
         if metrics.warning:
             self.statusBar().showMessage(metrics.warning, 15000)
+
+    def _show_training_step(self) -> None:
+        metrics = self._latest_step
+        if metrics is not None:
+            self.step_label.setText(f"step {metrics.step:,} / {metrics.max_steps:,}")
+            self.speed_label.setText(f"{metrics.tokens_per_s:,.0f} tokens/s")
+
+    def _on_training_finished(self, _reason: str) -> None:
+        self._status_timer.stop()
+        self._show_training_step()
+        self._update_actions()
 
     def _update_actions(self) -> None:
         state = self.training_panel.state

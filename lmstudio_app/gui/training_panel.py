@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QSignalBlocker, Qt
+from PySide6.QtCore import QSignalBlocker, Qt, QTimer
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QComboBox,
@@ -44,6 +44,7 @@ from .param_form import ParamForm
 from .worker import BackgroundTask, TrainingRunner, run_in_thread
 
 IDLE, PREPARING, RUNNING, PAUSED = "idle", "preparing", "running", "paused"
+STATUS_INTERVAL_MS = 100  # the progress bar and rate label update at most this often
 
 
 def format_duration(seconds: float) -> str:
@@ -65,6 +66,9 @@ class TrainingPanel(QWidget):
         self.runner = TrainingRunner(self)
         self.state = IDLE
         self._first_step: tuple[int, float] | None = None  # (step, elapsed) of this session's first step
+        self._latest: StepMetrics | None = None  # the last report, shown by _show_progress
+        self._status_timer = QTimer(self, singleShot=True, interval=STATUS_INTERVAL_MS)
+        self._status_timer.timeout.connect(self._show_progress)
         self._preparing_task: BackgroundTask | None = None
         self._announcing = False
 
@@ -229,7 +233,7 @@ class TrainingPanel(QWidget):
             self._load_history(trainer)
             self.loss_plot.set_step_range(trainer.config.train.max_steps)
             self.samples.clear()
-            self._first_step = None
+            self._first_step = self._latest = None
             self.progress.setRange(0, trainer.config.train.max_steps)
             self.runner.start(trainer)
         except BaseException:
@@ -265,9 +269,30 @@ class TrainingPanel(QWidget):
     # ---- worker signals --------------------------------------------------------------------
 
     def _on_step(self, metrics: StepMetrics) -> None:
+        """Buffer the report; the progress texts follow at most :data:`STATUS_INTERVAL_MS` apart.
+
+        A small model logging every step reports hundreds of times a second: per report only
+        cheap work happens here (the plot buffers it, samples are appended), so the GUI thread
+        stays free for drawing and for the person using the app.
+        """
         self.loss_plot.add_metrics(metrics)
         if self._first_step is None:
             self._first_step = (metrics.step, metrics.elapsed_s)
+        self._latest = metrics
+        if not self._status_timer.isActive():
+            self._status_timer.start()
+        if metrics.sample:
+            val = f" (val loss {metrics.val_loss:.4f})" if metrics.val_loss is not None else ""
+            self.samples.appendPlainText(f"── step {metrics.step}{val} ──\n{metrics.sample}\n")
+        self.events.training_step.emit(metrics)
+        if metrics.val_loss is not None:
+            self.events.model_updated.emit()
+
+    def _show_progress(self) -> None:
+        """Progress bar and rate label from the latest report (the timer calls it)."""
+        metrics = self._latest
+        if metrics is None or self._first_step is None:
+            return
         self.progress.setMaximum(metrics.max_steps)
         self.progress.setValue(metrics.step)
         first_step, first_elapsed = self._first_step
@@ -278,14 +303,10 @@ class TrainingPanel(QWidget):
             eta = f" · ETA {format_duration(per_step * (metrics.max_steps - metrics.step))}"
         loss = f"loss {metrics.train_loss:.4f}" if metrics.train_loss is not None else ""
         self.rate_label.setText(f"{loss} · {metrics.tokens_per_s:,.0f} tokens/s{eta}")
-        if metrics.sample:
-            val = f" (val loss {metrics.val_loss:.4f})" if metrics.val_loss is not None else ""
-            self.samples.appendPlainText(f"── step {metrics.step}{val} ──\n{metrics.sample}\n")
-        self.events.training_step.emit(metrics)
-        if metrics.val_loss is not None:
-            self.events.model_updated.emit()
 
     def _on_finished(self, reason: str) -> None:
+        self._status_timer.stop()
+        self._show_progress()
         self.loss_plot.redraw()
         self._set_state(IDLE)
         self.rate_label.setText(f"Training {reason}" if reason in ("finished", "stopped") else reason)
@@ -293,6 +314,8 @@ class TrainingPanel(QWidget):
         self.events.model_updated.emit()
 
     def _on_failed(self, message: str, details: str) -> None:
+        self._status_timer.stop()
+        self._show_progress()
         self._set_state(IDLE)
         self.rate_label.setText("Training failed")
         self.events.training_finished.emit(message)
