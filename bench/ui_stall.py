@@ -41,6 +41,7 @@ from gui_harness import (
     open_window,
     process_until,
     run_worker,
+    settle,
     spin,
     table,
     train_in_window,

@@ -5,7 +5,7 @@ updated incrementally); a timer redraws, only when something changed and the plo
 screen, up to 15 times a second but never taking more than 5% of the GUI thread (a training
 thread shares the interpreter with it, so plot time is training time). A redraw hands each curve at most a few thousand points: min/max ("peak")
 decimation over the visible steps, from per-level caches that only the new points extend
-(:mod:`.curve_decimation`), so spikes stay visible and pyqtgraph never sees the full buffers.
+(:mod:`.plot_data`), so spikes stay visible and pyqtgraph never sees the full buffers.
 The axes render into cached pixmaps and, while training, the step axis spans the whole run
 from the start, so a new point repaints the curves without re-laying out the ticks and grid.
 Buffers are capped: past the cap the older half is thinned 2:1, so memory stays flat in long
@@ -23,98 +23,15 @@ from PySide6.QtGui import QPaintEvent, QShowEvent
 from PySide6.QtWidgets import QCheckBox, QGraphicsItem, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 from . import theme
-from .curve_decimation import PeakDecimator
+from .plot_data import DEFAULT_MAX_POINTS, PeakDecimator, SeriesBuffer, ema
 
 REDRAW_INTERVAL_MS = 66  # ~15 Hz at most: fluid to the eye
 MAX_REDRAW_INTERVAL_MS = 500  # and at least 2 Hz, however slow the machine
 REDRAW_BUDGET = 0.05  # share of the GUI thread's time that redrawing the plot may take
-DEFAULT_MAX_POINTS = 1_000_000
 MAX_BINS = 1500  # per curve: 2 points a bin, about two per pixel of a wide plot
+MAX_MARKERS = 300  # validation points drawn with a marker each; more are drawn as a line
 RANGE_HEADROOM = 0.05  # an auto-ranged axis leaves this share of the data's span free on each side
 RANGE_SHRINK_BELOW = 0.5  # ... and only shrinks when the data fills less than this share of it
-
-
-class SeriesBuffer:
-    """Growing (x, y) float64 arrays: capacity doubles, and at ``max_points`` old points thin out."""
-
-    def __init__(self, max_points: int = DEFAULT_MAX_POINTS, capacity: int = 1024) -> None:
-        if max_points < 4:
-            raise ValueError(f"max_points must be at least 4, got {max_points}")
-        self.max_points = max_points
-        self._xy = np.empty((2, min(capacity, max_points)), dtype=np.float64)
-        self.size = 0
-        self.version = 0  # bumped when points other than appended ones change (caches start over)
-
-    def append(self, x: float, y: float) -> None:
-        if self.size == self.max_points:
-            self._thin_older_half()
-        if self.size == self._xy.shape[1]:
-            grown = np.empty((2, min(self.size * 2, self.max_points)), dtype=np.float64)
-            grown[:, : self.size] = self._xy[:, : self.size]
-            self._xy = grown
-        self._xy[0, self.size] = x
-        self._xy[1, self.size] = y
-        self.size += 1
-
-    def _thin_older_half(self) -> None:
-        half = self.size // 2
-        kept = self._xy[:, 0:half:2]
-        n_kept = kept.shape[1]
-        self._xy[:, :n_kept] = kept
-        self._xy[:, n_kept : n_kept + self.size - half] = self._xy[:, half : self.size]
-        self.size = n_kept + self.size - half
-        self.version += 1
-
-    @property
-    def x(self) -> np.ndarray:
-        return self._xy[0, : self.size]
-
-    @property
-    def y(self) -> np.ndarray:
-        return self._xy[1, : self.size]
-
-    def replace(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Swap in new contents of equal length (at most ``max_points``)."""
-        n = len(x)
-        if n != len(y) or n > self.max_points:
-            raise ValueError(f"replace needs equal lengths <= {self.max_points}, got {n} and {len(y)}")
-        if n > self._xy.shape[1]:
-            self._xy = np.empty((2, min(max(n, 1024), self.max_points)), dtype=np.float64)
-        self._xy[0, :n] = x
-        self._xy[1, :n] = y
-        self.size = n
-        self.version += 1
-
-    def clear(self) -> None:
-        self.size = 0
-        self.version += 1
-
-
-def ema(values: np.ndarray, smoothing: float, block: int = 128) -> np.ndarray:
-    """Debiased exponential moving average (TensorBoard's smoothing), vectorised in blocks.
-
-    Within a block the EMA is a lower-triangular matrix product (powers of ``smoothing`` <= 1,
-    so it is stable for any smoothing in [0, 1)); a Python loop only carries block ends.
-    """
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-    n = len(values)
-    if n == 0 or smoothing == 0.0:
-        return np.array(values, dtype=np.float64)
-    a = smoothing
-    pad = (-n) % block
-    y = np.concatenate([np.asarray(values, dtype=np.float64), np.zeros(pad)]).reshape(-1, block)
-    j = np.arange(block)
-    powers = np.tril(a ** np.clip(j[:, None] - j[None, :], 0, None))  # M[j, i] = a^(j-i), i <= j
-    local = (1.0 - a) * (y @ powers.T)  # each block's EMA started from zero
-    carry_weights = a ** (j + 1)
-    out = np.empty_like(local)
-    carry = 0.0
-    for k in range(local.shape[0]):
-        out[k] = local[k] + carry_weights * carry
-        carry = out[k, -1]
-    flat = out.reshape(-1)[:n]
-    return flat / (1.0 - a ** np.arange(1, n + 1))  # debias the zero start
 
 
 class _TimedPlotWidget(pg.PlotWidget):
@@ -122,7 +39,7 @@ class _TimedPlotWidget(pg.PlotWidget):
 
     paint_s = 0.0
 
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+    def paintEvent(self, event: QPaintEvent) -> None:
         started = time.perf_counter()
         super().paintEvent(event)
         self.paint_s = time.perf_counter() - started
@@ -135,15 +52,18 @@ class StickyViewBox(pg.ViewBox):
     Plain auto-range does it whenever the loss reaches a new low; here an auto-ranged axis keeps
     its range while the data still fits it and fills at least half of it, and when it has to
     move it leaves some headroom. A range set any other way (zoom, pan) is left alone, and the
-    "A" button still fits the data at once.
+    "A" button still fits the data at once. ``from_zero``: the y range starts at 0 (losses and
+    learning rates are never negative; on a linear axis the range then only changes when a
+    new high arrives, which during training is rare).
     """
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: object, from_zero: bool = False, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
+        self.from_zero = from_zero
         self._auto_ranges: list[tuple[float, float] | None] = [None, None]  # what auto-range set last
 
-    def setRange(self, rect: object = None, xRange: object = None, yRange: object = None,  # noqa: N802, N803
-                 padding: float | None = None, update: bool = True, disableAutoRange: bool = True) -> None:  # noqa: N803
+    def setRange(self, rect: object = None, xRange: object = None, yRange: object = None,
+                 padding: float | None = None, update: bool = True, disableAutoRange: bool = True) -> None:
         if not disableAutoRange:  # only ViewBox.updateAutoRange asks this way
             current = self.viewRange()
             xRange = self._sticky(self.XAxis, current[0], xRange)
@@ -156,16 +76,26 @@ class StickyViewBox(pg.ViewBox):
                 if asked is not None:
                     self._auto_ranges[axis] = tuple(self.viewRange()[axis])
 
-    def enableAutoRange(self, axis: object = None, enable: bool | float = True, x: object = None,  # noqa: N802
+    def enableAutoRange(self, axis: object = None, enable: bool | float = True, x: object = None,
                         y: object = None) -> None:
+        before = list(self.state["autoRange"])
         super().enableAutoRange(axis, enable, x, y)
-        self._auto_ranges = [None, None]  # (re-)enabled, e.g. by the "A" button: fit the data exactly once
+        for index in (self.XAxis, self.YAxis):
+            if self.state["autoRange"][index] and not before[index]:  # switched on, e.g. by "A"
+                self._auto_ranges[index] = None  # fit the data exactly, once
+
+    def refit(self) -> None:
+        """Follow the data again on both axes, starting with an exact fit (a new run)."""
+        self._auto_ranges = [None, None]
+        self.enableAutoRange()
 
     def _sticky(self, axis: int, current: list[float], target: object) -> tuple[float, float] | None:
         """The range to set for ``target`` (the data's padded bounds), or None to keep ``current``."""
         if target is None:
             return None
         low, high = (float(v) for v in target)  # type: ignore[union-attr]
+        if axis == self.YAxis and self.from_zero and not self.state["logMode"][axis] and low > 0:
+            low = 0.0
         span, shown = high - low, current[1] - current[0]
         if (self._auto_ranges[axis] == tuple(current) and current[0] <= low and high <= current[1]
                 and span >= RANGE_SHRINK_BELOW * shown):
@@ -176,11 +106,16 @@ class StickyViewBox(pg.ViewBox):
 
 
 class _DecimatedCurve:
-    """One buffer drawn by one curve, through a decimator that follows the buffer's changes."""
+    """One buffer drawn by one curve, through a decimator that follows the buffer's changes.
 
-    def __init__(self, buffer: SeriesBuffer, curve: pg.PlotDataItem) -> None:
+    ``symbol``: markers on the points while at most :data:`MAX_MARKERS` are drawn (beyond,
+    they merge into a smudge and pyqtgraph spends ~0.1 ms on each): then the line alone.
+    """
+
+    def __init__(self, buffer: SeriesBuffer, curve: pg.PlotDataItem, symbol: str | None = None) -> None:
         self.buffer = buffer
         self.curve = curve
+        self.symbol = symbol
         self.decimator = PeakDecimator(MAX_BINS)
         self._version = buffer.version
 
@@ -188,7 +123,12 @@ class _DecimatedCurve:
         if self.buffer.version != self._version:
             self.decimator.reset()
             self._version = self.buffer.version
-        self.curve.setData(*self.decimator.decimate(self.buffer.x, self.buffer.y, x_min, x_max))
+        x, y = self.decimator.decimate(self.buffer.x, self.buffer.y, x_min, x_max)
+        if self.symbol is not None:
+            symbol = self.symbol if len(x) <= MAX_MARKERS else None
+            if self.curve.opts["symbol"] != symbol:
+                self.curve.setSymbol(symbol)
+        self.curve.setData(x, y)
 
 
 class LossPlot(QWidget):
@@ -210,7 +150,8 @@ class LossPlot(QWidget):
         self.redraw_count = 0  # redraws that pushed data to the curves (for tests and benchmarks)
 
         palette = theme.apply_theme()
-        self.plot_widget = _TimedPlotWidget(viewBox=StickyViewBox())
+        self.loss_view = StickyViewBox(from_zero=True)
+        self.plot_widget = _TimedPlotWidget(viewBox=self.loss_view)
         self.plot_item = self.plot_widget.getPlotItem()
         self.plot_item.setLabel("bottom", "step")
         self.plot_item.setLabel("left", "loss")
@@ -220,7 +161,7 @@ class LossPlot(QWidget):
         self.val_curve = self.plot_item.plot(name="validation", symbol="o", symbolSize=6)
 
         # The learning rate lives on its own y axis: a second ViewBox sharing the x axis.
-        self.lr_view = StickyViewBox()
+        self.lr_view = StickyViewBox(from_zero=True)
         self.plot_item.showAxis("right")
         self.plot_item.scene().addItem(self.lr_view)
         self.plot_item.getAxis("right").linkToView(self.lr_view)
@@ -230,13 +171,17 @@ class LossPlot(QWidget):
         self.lr_view.addItem(self.lr_curve)
         self.plot_item.legend.addItem(self.lr_curve, "learning rate")
         self.plot_item.vb.sigResized.connect(self._sync_lr_view)
+        # Tick labels may widen an axis but never narrow it again: otherwise the right axis can
+        # flip between two widths at every redraw, and each flip resizes the view (a full repaint).
+        for name in ("left", "right"):
+            self.plot_item.getAxis(name).setStyle(autoReduceTextSpace=False)
         # Ticks, labels and grid lines are the costly part of a paint; as pixmaps they are only
         # re-rendered when their axis range changes, not whenever a curve moves over them.
         for item in (*(self.plot_item.getAxis(name) for name in ("left", "bottom", "right")), self.plot_item.legend):
             item.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         self._curves = [_DecimatedCurve(self.train, self.train_raw_curve),
                         _DecimatedCurve(self.smoothed, self.train_curve),
-                        _DecimatedCurve(self.val, self.val_curve),
+                        _DecimatedCurve(self.val, self.val_curve, symbol="o"),
                         _DecimatedCurve(self.lr, self.lr_curve)]
         self._set_skip_finite_check(True)
         self._apply_palette(palette)
@@ -295,7 +240,8 @@ class LossPlot(QWidget):
         for buffer in (self.train, self.smoothed, self.val, self.lr):
             buffer.clear()
         self._ema_state, self._ema_count = 0.0, 0
-        self.plot_item.enableAutoRange(x=True)
+        self.loss_view.refit()
+        self.lr_view.refit()
         self._dirty = True
         self.redraw()
 

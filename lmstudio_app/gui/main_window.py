@@ -24,12 +24,14 @@ from ..training import StepMetrics
 from . import dialogs
 from .data_panel import DataPanel
 from .events import AppEvents
+from .export_actions import ExportActions
 from .model_panel import ModelPanel
 from .pipeline_view import PipelineView
 from .plugins_dialog import PluginsDialog, open_plugin_folder
 from .predictions_panel import PredictionsPanel
 from .tokenizer_panel import TokenizerPanel
-from .training_panel import STATUS_INTERVAL_MS, TrainingPanel
+from .training_panel import TrainingPanel
+from .training_progress import STATUS_INTERVAL_MS
 from .worker import run_in_thread
 
 STATE_VERSION = 1  # bump when the set of docks changes, so an old saved layout is ignored
@@ -76,6 +78,7 @@ class MainWindow(QMainWindow):
         self.training_panel: TrainingPanel = self.panels["training"]  # type: ignore[assignment]
         self._default_state = self.saveState(STATE_VERSION)
 
+        self.exports = ExportActions(self, session, self.training_panel.loss_plot)
         self._build_status_bar()
         self._build_menus()
         self.events.error.connect(lambda message, details: dialogs.show_error(self, message, details))
@@ -119,6 +122,10 @@ class MainWindow(QMainWindow):
         self.open_run_action = self._action(file_menu, "Open &run…", self.open_run, "Ctrl+Shift+R")
         self._action(file_menu, "&Save config as…", self.save_config_as, "Ctrl+Shift+S")
         self._action(file_menu, "&Load preset…", self.load_preset_file)
+        export_menu = file_menu.addMenu("&Export")
+        self.export_csv_action = self._action(export_menu, "Loss curves as &CSV…", self.exports.export_csv)
+        self.export_png_action = self._action(export_menu, "Loss curves as &PNG…", self.exports.export_png)
+        self._action(export_menu, "&Setup as config + torchrun command…", self.exports.export_setup)
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
 

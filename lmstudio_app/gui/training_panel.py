@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QSignalBlocker, Qt, QTimer
+from PySide6.QtCore import QSignalBlocker, Qt
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QComboBox,
@@ -18,9 +18,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
     QPlainTextEdit,
-    QProgressBar,
     QPushButton,
     QScrollArea,
     QSplitter,
@@ -41,19 +39,10 @@ from . import dialogs
 from .events import AppEvents
 from .loss_plot import LossPlot
 from .param_form import ParamForm
+from .training_progress import ProgressStrip
 from .worker import BackgroundTask, TrainingRunner, run_in_thread
 
 IDLE, PREPARING, RUNNING, PAUSED = "idle", "preparing", "running", "paused"
-STATUS_INTERVAL_MS = 100  # the progress bar and rate label update at most this often
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(round(seconds), 0)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 class TrainingPanel(QWidget):
@@ -65,10 +54,6 @@ class TrainingPanel(QWidget):
         self.events = events
         self.runner = TrainingRunner(self)
         self.state = IDLE
-        self._first_step: tuple[int, float] | None = None  # (step, elapsed) of this session's first step
-        self._latest: StepMetrics | None = None  # the last report, shown by _show_progress
-        self._status_timer = QTimer(self, singleShot=True, interval=STATUS_INTERVAL_MS)
-        self._status_timer.timeout.connect(self._show_progress)
         self._preparing_task: BackgroundTask | None = None
         self._announcing = False
 
@@ -103,11 +88,8 @@ class TrainingPanel(QWidget):
         self.resume_run_button.setToolTip(
             "Continue a saved run up to the larger of its max steps and the Max steps set here")
 
-        self.progress = QProgressBar()
-        self.progress.setObjectName("trainingProgress")
-        self.progress.setFormat("step %v / %m")
-        self.rate_label = QLabel("Not started")
-        self.rate_label.setObjectName("rateLabel")
+        self.status = ProgressStrip()
+        self.progress, self.rate_label = self.status.progress, self.status.rate_label
         self.loss_plot = LossPlot()
         self.loss_plot.setMinimumHeight(220)  # the plot is the point of this panel
         self.samples = QPlainTextEdit()
@@ -207,8 +189,7 @@ class TrainingPanel(QWidget):
         """Build the trainer on the thread pool (tokenizing can take a while), then launch it."""
         tokenizer_before = self.session.tokenizer
         self._set_state(PREPARING)
-        self.rate_label.setText(message)
-        self.progress.setRange(0, 0)  # busy indicator until the first step
+        self.status.busy(message)  # until the first step
         task = run_in_thread(lambda report, cancelled: make_trainer(),
                              on_done=lambda trainer: self._launch(task, trainer, tokenizer_before, resumed),
                              on_error=lambda exc, details: self._on_prepare_failed(task, exc, details))
@@ -233,8 +214,7 @@ class TrainingPanel(QWidget):
             self._load_history(trainer)
             self.loss_plot.set_step_range(trainer.config.train.max_steps)
             self.samples.clear()
-            self._first_step = self._latest = None
-            self.progress.setRange(0, trainer.config.train.max_steps)
+            self.status.begin(trainer.config.train.max_steps)
             self.runner.start(trainer)
         except BaseException:
             self._set_state(IDLE)  # never stay stuck in "preparing"; the exception hook shows it
@@ -259,28 +239,19 @@ class TrainingPanel(QWidget):
             return
         self._preparing_task = None
         self._set_state(IDLE)
-        self.progress.setRange(0, 1)  # leave the busy indicator
         if isinstance(exc, Cancelled):
-            self.rate_label.setText(str(exc))
+            self.status.idle(str(exc))
             return
-        self.rate_label.setText("Could not start")
+        self.status.idle("Could not start")
         dialogs.show_exception(self, exc, None if isinstance(exc, LMStudioError) else details)
 
     # ---- worker signals --------------------------------------------------------------------
 
     def _on_step(self, metrics: StepMetrics) -> None:
-        """Buffer the report; the progress texts follow at most :data:`STATUS_INTERVAL_MS` apart.
-
-        A small model logging every step reports hundreds of times a second: per report only
-        cheap work happens here (the plot buffers it, samples are appended), so the GUI thread
-        stays free for drawing and for the person using the app.
-        """
+        """Per report only cheap work (reports can come hundreds of times a second): the plot
+        and the progress strip buffer it and draw on their own timers."""
         self.loss_plot.add_metrics(metrics)
-        if self._first_step is None:
-            self._first_step = (metrics.step, metrics.elapsed_s)
-        self._latest = metrics
-        if not self._status_timer.isActive():
-            self._status_timer.start()
+        self.status.report(metrics)
         if metrics.sample:
             val = f" (val loss {metrics.val_loss:.4f})" if metrics.val_loss is not None else ""
             self.samples.appendPlainText(f"── step {metrics.step}{val} ──\n{metrics.sample}\n")
@@ -288,36 +259,16 @@ class TrainingPanel(QWidget):
         if metrics.val_loss is not None:
             self.events.model_updated.emit()
 
-    def _show_progress(self) -> None:
-        """Progress bar and rate label from the latest report (the timer calls it)."""
-        metrics = self._latest
-        if metrics is None or self._first_step is None:
-            return
-        self.progress.setMaximum(metrics.max_steps)
-        self.progress.setValue(metrics.step)
-        first_step, first_elapsed = self._first_step
-        done = metrics.step - first_step
-        eta = ""
-        if done > 0 and metrics.elapsed_s > first_elapsed:
-            per_step = (metrics.elapsed_s - first_elapsed) / done
-            eta = f" · ETA {format_duration(per_step * (metrics.max_steps - metrics.step))}"
-        loss = f"loss {metrics.train_loss:.4f}" if metrics.train_loss is not None else ""
-        self.rate_label.setText(f"{loss} · {metrics.tokens_per_s:,.0f} tokens/s{eta}")
-
     def _on_finished(self, reason: str) -> None:
-        self._status_timer.stop()
-        self._show_progress()
         self.loss_plot.redraw()
         self._set_state(IDLE)
-        self.rate_label.setText(f"Training {reason}" if reason in ("finished", "stopped") else reason)
+        self.status.finish(f"Training {reason}" if reason in ("finished", "stopped") else reason)
         self.events.training_finished.emit(reason)
         self.events.model_updated.emit()
 
     def _on_failed(self, message: str, details: str) -> None:
-        self._status_timer.stop()
-        self._show_progress()
         self._set_state(IDLE)
-        self.rate_label.setText("Training failed")
+        self.status.finish("Training failed")
         self.events.training_finished.emit(message)
         dialogs.show_error(self, message, details)
 
@@ -391,7 +342,7 @@ class TrainingPanel(QWidget):
         column = QVBoxLayout(right)
         column.setContentsMargins(0, 0, 0, 0)
         column.addLayout(buttons)
-        for widget in (self.progress, self.rate_label, plots):
+        for widget in (self.status, plots):
             column.addWidget(widget)
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(settings_box)

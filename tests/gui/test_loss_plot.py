@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmstudio_app.gui.curve_decimation import PeakDecimator
-from lmstudio_app.gui.loss_plot import MAX_BINS, LossPlot, SeriesBuffer, ema
+from lmstudio_app.gui.loss_plot import MAX_BINS, MAX_MARKERS, LossPlot
+from lmstudio_app.gui.plot_data import PeakDecimator, SeriesBuffer, ema
 
 
 def reference_peaks(x: np.ndarray, y: np.ndarray, start: int, stop: int, max_bins: int):
@@ -111,6 +111,17 @@ def test_redraws_send_a_bounded_number_of_points_and_keep_the_spikes(plot):
     lr_x, _ = plot.lr_curve.getData()
     assert len(lr_x) <= 2 * MAX_BINS + 3
     assert list(plot.val_curve.getData()[0]) == list(range(1000, n + 1, 1000))  # few: drawn as they are
+    assert plot.val_curve.opts["symbol"] == "o"  # ... with a marker each
+
+
+def test_many_validation_points_are_drawn_as_a_line(plot):
+    for step in range(1, MAX_MARKERS + 2):
+        plot.add_point(step, 2.0, val_loss=1.0 + 1 / step)
+    plot.redraw()
+    assert len(plot.val_curve.getData()[0]) == MAX_MARKERS + 1 and plot.val_curve.opts["symbol"] is None
+    plot.plot_item.setXRange(1, 50, padding=0)  # zoomed in: few enough for markers again
+    plot.redraw()
+    assert plot.val_curve.opts["symbol"] == "o"
 
 
 def test_zooming_in_shows_the_visible_steps_in_full_detail(qtbot, plot):
@@ -151,6 +162,32 @@ def test_a_fixed_step_range_is_kept_while_points_arrive(qtbot, plot):
     assert x_min <= 0 and 600 <= x_max < 620  # the whole run, not just the 49 steps so far
     plot.clear()
     assert plot.plot_item.vb.state["autoRange"][0]  # a cleared plot follows its data again
+
+
+def test_auto_range_moves_in_steps_not_at_every_point(qtbot, plot):
+    """Re-ranging re-lays out the ticks and grid: the loss axis must not follow every new low."""
+    view = plot.plot_item.vb
+    ranges: list[tuple[float, float]] = []
+    view.sigYRangeChanged.connect(lambda *_: ranges.append(tuple(view.viewRange()[1])))
+    steps = np.arange(1, 301)
+    losses = 3.0 * np.exp(-steps / 50) + 0.5 + 0.05 * np.sin(steps)
+    for step, loss in zip(steps, losses):
+        plot.add_point(float(step), float(loss), lr=1e-3 * min(1.0, step / 30))
+        plot.redraw()
+        plot.plot_widget.grab()  # a paint: pyqtgraph auto-ranges just before painting
+    assert 1 <= len(ranges) <= 10  # plain auto-range: a new range at almost every point
+    low, high = view.viewRange()[1]
+    assert low <= 0 < losses.max() <= high < 1.5 * losses.max()  # from zero, all the data in view
+    lr_low, lr_high = plot.lr_view.viewRange()[1]
+    assert lr_low <= 0 and 1e-3 <= lr_high < 1.5e-3
+    view.setYRange(1.0, 1.2)  # a zoom is left alone...
+    plot.add_point(301.0, 0.4)
+    plot.redraw()
+    plot.plot_widget.grab()
+    assert view.viewRange()[1] == pytest.approx([1.0, 1.2], abs=0.05)
+    view.enableAutoRange()  # ... until the "A" button fits the data again
+    plot.plot_widget.grab()
+    assert view.viewRange()[1][0] <= 0 and view.viewRange()[1][1] < 1.5 * losses.max()
 
 
 def test_smoothing_slider_and_log_scale(qtbot, plot):

@@ -13,7 +13,8 @@ from PySide6.QtCore import Qt, QTimer
 
 from lmstudio_app.devices import available_devices
 from lmstudio_app.errors import Cancelled, TrainingError
-from lmstudio_app.gui.training_panel import IDLE, PAUSED, RUNNING, TrainingPanel, format_duration
+from lmstudio_app.gui.training_panel import IDLE, PAUSED, RUNNING, TrainingPanel
+from lmstudio_app.gui.training_progress import format_duration
 from lmstudio_app.gui.worker import run_in_thread
 from lmstudio_app.training import StepMetrics, TrainingControl
 

@@ -1,19 +1,109 @@
-"""Min/max ("peak") decimation of a growing curve, so a redraw costs the same at 1k or 1M points.
+"""The numpy side of the loss plot: growing buffers, the EMA, and min/max ("peak") decimation.
 
-A curve with more points than the plot has pixels is drawn from at most ``max_bins`` bins:
-each bin contributes its lowest and its highest value, so spikes stay visible (pyqtgraph's
-"peak" mode does the same, but over every buffered point at every redraw). Here the bins are
-aligned blocks of 2^k points, and each level k is cached and extended as points arrive (level
-k is built from level k-1, pairwise), so a redraw only touches the new points and the bins it
-returns. Zooming in picks a finer level over the visible slice; a slice short enough is drawn
-raw. The x values must be increasing (training steps are).
+Nothing here needs Qt. :class:`SeriesBuffer` holds a curve's points with amortised O(1)
+appends and a cap (past it the older half thins 2:1); :func:`ema` smooths a whole series in
+one vectorised pass; :class:`PeakDecimator` reduces a series to a few thousand points so that
+a redraw costs the same at 1k or 1M points.
+
+Decimation: a curve with more points than the plot has pixels is drawn from at most
+``max_bins`` bins, each contributing its lowest and its highest value, so spikes stay visible
+(pyqtgraph's "peak" mode does the same, but over every buffered point at every redraw). Here
+the bins are aligned blocks of 2^k points, and each level k is cached and extended as points
+arrive (level k is built from level k-1, pairwise), so a redraw only touches the new points
+and the bins it returns. Zooming in picks a finer level over the visible slice; a slice short
+enough is drawn raw. The x values must be increasing (training steps are).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+DEFAULT_MAX_POINTS = 1_000_000
 BASE_LEVEL = 3  # the first cached level: blocks of 8 points (finer levels are computed on demand)
+
+
+
+class SeriesBuffer:
+    """Growing (x, y) float64 arrays: capacity doubles, and at ``max_points`` old points thin out."""
+
+    def __init__(self, max_points: int = DEFAULT_MAX_POINTS, capacity: int = 1024) -> None:
+        if max_points < 4:
+            raise ValueError(f"max_points must be at least 4, got {max_points}")
+        self.max_points = max_points
+        self._xy = np.empty((2, min(capacity, max_points)), dtype=np.float64)
+        self.size = 0
+        self.version = 0  # bumped when points other than appended ones change (caches start over)
+
+    def append(self, x: float, y: float) -> None:
+        if self.size == self.max_points:
+            self._thin_older_half()
+        if self.size == self._xy.shape[1]:
+            grown = np.empty((2, min(self.size * 2, self.max_points)), dtype=np.float64)
+            grown[:, : self.size] = self._xy[:, : self.size]
+            self._xy = grown
+        self._xy[0, self.size] = x
+        self._xy[1, self.size] = y
+        self.size += 1
+
+    def _thin_older_half(self) -> None:
+        half = self.size // 2
+        kept = self._xy[:, 0:half:2]
+        n_kept = kept.shape[1]
+        self._xy[:, :n_kept] = kept
+        self._xy[:, n_kept : n_kept + self.size - half] = self._xy[:, half : self.size]
+        self.size = n_kept + self.size - half
+        self.version += 1
+
+    @property
+    def x(self) -> np.ndarray:
+        return self._xy[0, : self.size]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self._xy[1, : self.size]
+
+    def replace(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Swap in new contents of equal length (at most ``max_points``)."""
+        n = len(x)
+        if n != len(y) or n > self.max_points:
+            raise ValueError(f"replace needs equal lengths <= {self.max_points}, got {n} and {len(y)}")
+        if n > self._xy.shape[1]:
+            self._xy = np.empty((2, min(max(n, 1024), self.max_points)), dtype=np.float64)
+        self._xy[0, :n] = x
+        self._xy[1, :n] = y
+        self.size = n
+        self.version += 1
+
+    def clear(self) -> None:
+        self.size = 0
+        self.version += 1
+
+
+def ema(values: np.ndarray, smoothing: float, block: int = 128) -> np.ndarray:
+    """Debiased exponential moving average (TensorBoard's smoothing), vectorised in blocks.
+
+    Within a block the EMA is a lower-triangular matrix product (powers of ``smoothing`` <= 1,
+    so it is stable for any smoothing in [0, 1)); a Python loop only carries block ends.
+    """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    n = len(values)
+    if n == 0 or smoothing == 0.0:
+        return np.array(values, dtype=np.float64)
+    a = smoothing
+    pad = (-n) % block
+    y = np.concatenate([np.asarray(values, dtype=np.float64), np.zeros(pad)]).reshape(-1, block)
+    j = np.arange(block)
+    powers = np.tril(a ** np.clip(j[:, None] - j[None, :], 0, None))  # M[j, i] = a^(j-i), i <= j
+    local = (1.0 - a) * (y @ powers.T)  # each block's EMA started from zero
+    carry_weights = a ** (j + 1)
+    out = np.empty_like(local)
+    carry = 0.0
+    for k in range(local.shape[0]):
+        out[k] = local[k] + carry_weights * carry
+        carry = out[k, -1]
+    flat = out.reshape(-1)[:n]
+    return flat / (1.0 - a ** np.arange(1, n + 1))  # debias the zero start
 
 
 class _Level:
