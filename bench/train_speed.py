@@ -1,6 +1,6 @@
 """Training-speed benchmark: reference loop vs the engine vs the fast CPU preset, in one run.
 
-    python bench/train_speed.py                         # full table (about 4 minutes on 2 idle cores)
+    python bench/train_speed.py                         # full table (about 3 minutes on 2 idle cores)
     python bench/train_speed.py --steps 200 --preset-steps 50   # quick smoke run
     python bench/train_speed.py --rows preset --preset-seeds 1337,1338   # the preset, two seeds
     python bench/train_speed.py --threads 1 --repeat 2   # on a shared machine: see bench/NOTES.md

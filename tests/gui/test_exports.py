@@ -57,6 +57,13 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def test_file_menu_has_the_export_entries(main_window):
+    file_menu = main_window.menuBar().actions()[0].menu()
+    export = next(a.menu() for a in file_menu.actions() if a.text() == "&Export")
+    assert [a.text() for a in export.actions()] == [
+        "Loss curves as &CSV…", "Loss curves as &PNG…", "&Setup as config + torchrun command…"]
+
+
 def test_loss_curves_as_csv_hold_the_runs_metrics(qtbot, main_window, save_as, modals, tmp_path):
     train_briefly(qtbot, main_window)
     save_as.append(str(tmp_path / "curves"))  # no suffix typed: .csv is added

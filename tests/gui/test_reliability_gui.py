@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 import time
 import types
 from dataclasses import make_dataclass
@@ -119,8 +120,13 @@ def test_a_folder_of_thousands_of_files_shows_progress_and_cancels(qtbot, data_p
         (folder / f"f{i:04d}.txt").write_text(f"file {i}: the cat sat.\n", encoding="utf-8")
     real_read = data_module.read_text_file
 
+    gate = threading.Event()  # holds the reading after a few files, however loaded the machine is
+    reads: list[Path] = []
+
     def slow_read(path, encoding="utf-8"):  # as if on a slow network drive
-        time.sleep(0.002)
+        reads.append(path)
+        if len(reads) > 10:
+            gate.wait(WAIT_MS / 1000)
         return real_read(path, encoding)
 
     monkeypatch.setattr(data_module, "read_text_file", slow_read)
@@ -129,6 +135,7 @@ def test_a_folder_of_thousands_of_files_shows_progress_and_cancels(qtbot, data_p
     qtbot.waitUntil(lambda: data_panel.progress.value() > 0, timeout=WAIT_MS)
     assert data_panel.progress.isVisible() and data_panel.cancel_button.isEnabled()
     qtbot.mouseClick(data_panel.cancel_button, Qt.MouseButton.LeftButton)
+    gate.set()
     qtbot.waitUntil(lambda: not data_panel.is_busy(), timeout=WAIT_MS)
     assert re.match(r"reading cancelled after \d+ of 1500 files: the corpus is as it was", data_panel.status.text())
     assert session.text == before and modals.shown == [] and not data_panel.progress.isVisible()
