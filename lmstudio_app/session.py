@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, copy_config, load_config, load_preset, validate_plugins
+from .config import RunConfig, copy_config, load_config, load_preset, merge_config, validate_plugins
 from .data import FileInfo, TokenizedCorpus, iter_text_chunks, load_corpus_text, tokenize_corpus
 from .errors import Cancelled, ConfigError, LMStudioError, ParamError, PluginCallError
+from .devices import resolve_device
 from .inference import Predictor, load_predictor
 from .model_preview import ModelPreview, preview_model
 from .params import build_params, params_to_dict
@@ -30,13 +31,24 @@ ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
 DEFAULT_PRESET = "default"  # learns the demo corpus in about a minute on a laptop CPU
+FAST_CPU_PRESET = "fast-cpu"  # the fastest measured CPU recipe (bench/NOTES.md): the default on a CPU
 
 
 def default_config() -> RunConfig:
-    """The bundled default preset (device "auto" picks CUDA, MPS or the CPU), else the defaults."""
-    if DEFAULT_PRESET in list_presets():
-        return load_preset(preset_path(DEFAULT_PRESET), RunConfig())
-    return RunConfig()
+    """The bundled default preset; on a CPU, with the fast CPU recipe's [model] and [train].
+
+    The demo keeps the default preset's word tokenizer (whole next words to compare with the
+    grammar's known odds) and its samples at each evaluation; the network and the optimiser
+    are the fastest measured CPU recipe (bench/NOTES.md).
+    """
+    presets = list_presets()
+    config = load_preset(preset_path(DEFAULT_PRESET), RunConfig()) if DEFAULT_PRESET in presets else RunConfig()
+    if FAST_CPU_PRESET in presets and resolve_device("auto").type == "cpu":
+        sample_tokens = config.train.sample_tokens
+        fast = load_preset(preset_path(FAST_CPU_PRESET), config)
+        config = merge_config(fast, {"tokenizer": config.to_dict()["tokenizer"],
+                                     "train": {"sample_tokens": sample_tokens}}, "default")
+    return config
 
 
 class Session:
