@@ -21,7 +21,7 @@ from ..resources import resource_path
 from ..session import Session
 from ..settings import load_settings, recent_files, save_settings
 from ..training import StepMetrics
-from . import dialogs
+from . import dialogs, gc_guard
 from .data_panel import DataPanel
 from .events import AppEvents
 from .export_actions import ExportActions
@@ -50,6 +50,7 @@ DOCKS: tuple[tuple[str, str, type, Qt.DockWidgetArea, str], ...] = (
 class MainWindow(QMainWindow):
     def __init__(self, session: Session, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        gc_guard.install()  # cycles are freed in this thread, never in the training thread
         self.session = session
         self.events = AppEvents(self)
         self.setObjectName("mainWindow")

@@ -223,3 +223,33 @@ def test_space_pauses_but_still_types_in_text_boxes(qtbot, main_window):
     assert len(prompt.toPlainText()) == len(before) + 1 and toggled == []
     qtbot.keyClick(main_window.training_panel.progress, Qt.Key.Key_Space)
     assert toggled == [True]
+
+
+def test_garbage_cycles_are_collected_in_the_gui_thread_only(qtbot, main_window):
+    """A collection in the training thread can free Qt objects there and deadlock the app."""
+    import gc
+    import threading
+
+    from lmstudio_app.gui import gc_guard
+
+    assert not gc.isenabled() and gc_guard.install() is gc_guard.install()  # one collector, running
+    freed_in: list[str] = []
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self  # a cycle: only the cyclic collector frees it
+
+        def __del__(self) -> None:
+            freed_in.append(threading.current_thread().name)
+
+    def make_garbage() -> None:
+        Node()
+        for _ in range(10 * gc.get_threshold()[0]):  # far past the threshold of automatic collection
+            [[], []]  # noqa: B018
+
+    worker = threading.Thread(target=make_garbage, name="worker")
+    worker.start()
+    worker.join()
+    assert freed_in == []  # not collected in the worker...
+    qtbot.waitUntil(lambda: bool(freed_in), timeout=WAIT_MS)
+    assert freed_in == [threading.main_thread().name]  # ... but by the GUI thread's timer
