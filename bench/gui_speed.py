@@ -1,30 +1,35 @@
 """In-app training speed vs headless: the same config, trained by the core alone and in the app.
 
-    python bench/gui_speed.py                          # default preset, 300 steps, 3 runs of each
-    python bench/gui_speed.py --steps 150 --repeats 2  # quicker
-    python bench/gui_speed.py --baseline /tmp/base     # also the app from another copy
+    python bench/gui_speed.py --threads 1                # default preset, 300 steps, 3 runs of each
+    python bench/gui_speed.py --steps 150 --repeats 2    # quicker (PyTorch's default threads)
+    python bench/gui_speed.py --threads 1 --baseline /tmp/base   # also the app from another copy
 
-Rows, each run in a fresh subprocess, in alternating order (A, B, C, C, B, A, ...),
-so a neighbour's load on a shared machine hits both sides alike:
+Rows, each run in a fresh subprocess, in alternating order (A, B, C, C, B, A, ...), so a
+neighbour's load on a shared machine hits every row alike:
 
 - ``headless, main thread``: ``Session.create_trainer()`` on the demo corpus with the preset,
   then ``for metrics in trainer.steps()`` in the main thread (what ``lmstudio train`` runs,
   minus its progress lines).
 - ``headless, worker thread``: the same loop on a thread of its own while the main thread
-  waits, which is how the app trains. On a machine whose cores are all busy with other
-  processes, torch's OpenMP threads slow a loop in the main thread down far more than one on
-  another thread (several times, on 2 shared cores), so this row is the fair reference for the
-  app's own overhead (the GUI thread, the plots, the predictions refreshing under the lock).
+  waits, which is how the app trains.
 - ``app``: the real MainWindow (offscreen, 1400x900, every dock as on first launch), the Start
-  button clicked; timed from the ``training_started`` event to ``training_finished``.
+  button clicked once the window is idle; timed from ``training_started`` to
+  ``training_finished``.
 
-Both count the whole loop: steps, evaluations, generated samples and the final checkpoint, at
+All count the whole loop: steps, evaluations, generated samples and the final checkpoint, at
 the config's own eval/log/sample settings. tokens/s = steps x batch_size x context_length /
 loop seconds. The table gives the median and the best run of each (on a busy machine the best
-run is the closest to the code's own speed) and each row's ratio to both headless rows (1.00 = as fast).
-"CPU s" is the process's CPU time during the loop (median), and "GUI thread CPU" the main
-thread's CPU time as a share of the loop's wall time: these hardly depend on the machine's
-other load, so they show the app's own cost even when the tokens/s are noisy.
+run is the closest to the code's own speed) and each row's ratio to both headless rows (1.00 =
+as fast). "CPU s" is the process's CPU time during the loop (median) and "GUI thread CPU" the
+main thread's CPU time as a share of the loop's wall time: these hardly depend on the
+machine's other load, so they show the app's own cost even when the tokens/s are noisy.
+
+``--threads 1`` compares like with like. With PyTorch's default (one OpenMP thread per core)
+and every core busy with other processes, a headless run can be many times slower than the
+app: libgomp's workers busy-wait at the end of each parallel region unless the process has
+more threads than CPUs (the app has: Qt's, the thread pool), and a spinning worker starves the
+one with the work. On 2 shared cores that measured 3k tokens/s headless against 58k in the app
+for the default preset (and ~100 CPU seconds against 5).
 """
 
 from __future__ import annotations

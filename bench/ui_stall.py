@@ -4,7 +4,8 @@
     python bench/ui_stall.py --baseline /tmp/base             # side by side with another copy
     python bench/ui_stall.py --steps 100 --points 20000 --repeats 1   # quick smoke run
 
-A copy to compare with: ``mkdir /tmp/base && git archive HEAD lmstudio_app resources | tar -x -C /tmp/base``.
+A copy to compare with, e.g. an earlier commit:
+``mkdir /tmp/base && git archive COMMIT lmstudio_app resources | tar -x -C /tmp/base``.
 
 Measurements (each in a fresh subprocess with the real MainWindow, offscreen, 1400x900):
 

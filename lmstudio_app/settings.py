@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -73,18 +72,9 @@ def load_settings() -> dict[str, Any]:
 def save_settings(values: dict[str, Any]) -> None:
     """Write all settings atomically (temp file + rename), so a crash never leaves half a file."""
     path = settings_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(values, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".settings-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .runs import atomic_write_text  # local: runs reaches settings for the default runs folder
+
+    atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _string_list(values: dict[str, Any], key: str) -> list[str]:
