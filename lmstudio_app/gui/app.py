@@ -24,7 +24,7 @@ from ..registry import PluginRegistry, safe_mode_active
 from ..resources import resource_path
 from ..session import Session
 from ..settings import disabled_plugins
-from . import dialogs, qt_refcounts, theme
+from . import dialogs, gc_guard, qt_refcounts, theme
 from .plugins_dialog import safe_mode_banner
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ def create_application(argv: Sequence[str]) -> QApplication:
     if app is None:
         QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
         app = QApplication([sys.argv[0] if sys.argv else APP_NAME, *argv])
+    gc_guard.install()  # from the start, cycles are freed in the GUI thread only
     QCoreApplication.setApplicationName(APP_NAME)
     QCoreApplication.setOrganizationName(ORGANIZATION)
     QCoreApplication.setApplicationVersion(__version__)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
 from PySide6.QtCore import QObject, QRunnable, Qt, QThread, QThreadPool, Signal, Slot
+from shiboken6 import isValid
 
 from ..errors import LMStudioError
 from ..training import Trainer
@@ -186,15 +187,24 @@ class BackgroundTask(QRunnable, Generic[T]):
         return self._cancel.is_set()
 
     def report(self, done: int, total: int) -> None:
-        self.signals.progressed.emit(int(done), int(total))
+        self._emit(self.signals.progressed, int(done), int(total))
 
     def run(self) -> None:
         try:
             result = self.fn(self.report, self.is_cancelled)
         except BaseException as exc:  # noqa: BLE001 — every failure must reach the GUI thread
-            self.signals.failed.emit(exc, traceback.format_exc())
+            self._emit(self.signals.failed, exc, traceback.format_exc())
         else:
-            self.signals.done.emit(result)
+            self._emit(self.signals.done, result)
+
+    def _emit(self, signal: Any, *args: object) -> None:
+        # The application may be shutting down while this task ran (its window closed, the
+        # interpreter finalising): then there is nobody left to tell, and no error to print.
+        if isValid(self.signals):
+            try:
+                signal.emit(*args)
+            except RuntimeError:  # deleted between the check and the emit
+                pass
 
     def _forget(self, *_args: object) -> None:
         self.finished = True

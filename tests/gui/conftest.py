@@ -80,6 +80,15 @@ class ModalRecorder:
         return [d for d in self.shown if d.kind == kind]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def gui_thread_gc(qapp):
+    """As in the app: garbage cycles are collected by the GUI thread only, for every GUI test
+    (a collection in a worker thread can free Qt objects there)."""
+    from lmstudio_app.gui import gc_guard
+
+    return gc_guard.install()
+
+
 @pytest.fixture(autouse=True)
 def lmstudio_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"

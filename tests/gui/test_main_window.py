@@ -244,8 +244,12 @@ def test_garbage_cycles_are_collected_in_the_gui_thread_only(qtbot, main_window)
 
     def make_garbage() -> None:
         Node()
-        for _ in range(10 * gc.get_threshold()[0]):  # far past the threshold of automatic collection
-            [[], []]  # noqa: B018
+        # Garbage that reference counting cannot free, far past the threshold of automatic
+        # collection (short-lived objects would not do: their frees cancel their allocations
+        # in the collector's count).
+        for _ in range(10 * gc.get_threshold()[0]):
+            cycle: list = []
+            cycle.append(cycle)
 
     worker = threading.Thread(target=make_garbage, name="worker")
     worker.start()
