@@ -23,6 +23,11 @@ run is the closest to the code's own speed) and each row's ratio to both headles
 as fast). "CPU s" is the process's CPU time during the loop (median) and "GUI thread CPU" the
 main thread's CPU time as a share of the loop's wall time: these hardly depend on the
 machine's other load, so they show the app's own cost even when the tokens/s are noisy.
+"training thread on CPU" is the training thread's CPU time over its wall time inside
+``trainer.steps()``: what the thread loses waiting for the GIL while the GUI thread holds it
+(PySide6 keeps the GIL through every Qt call made from Python, and pyqtgraph paints in Python)
+or for the trainer's lock while the panels probe the live model. On a shared machine it is the
+steadiest measure of the app's cost to training.
 
 ``--threads 1`` compares like with like. With PyTorch's default (one OpenMP thread per core)
 and every core busy with other processes, a headless run can be many times slower than the
@@ -45,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gui_harness import CpuMeter, make_app, open_window, run_worker, settle, table, train_in_window
+from gui_harness import (CpuMeter, TrainingThreadClock, make_app, open_window, run_worker, settle, table,
+                         train_in_window)
 
 MAIN = "headless, main thread (as the CLI)"
 THREAD = "headless, worker thread (as the app)"
@@ -59,6 +65,7 @@ def worker_headless(steps: int, preset: str, threads: int, in_thread: bool) -> d
     from lmstudio_app.registry import PluginRegistry
     from lmstudio_app.session import Session
 
+    clock = TrainingThreadClock().install()
     session = Session(PluginRegistry.discover(use_user_dir=False))
     session.apply_preset(preset)
     session.set_train({"max_steps": steps, "device": "cpu", "threads": threads})
@@ -82,17 +89,19 @@ def worker_headless(steps: int, preset: str, threads: int, in_thread: bool) -> d
     cpu.stop()
     return {"loop_s": timing[0], "tokens_per_s": trainer.step * tokens_per_step(session.config) / timing[0],
             "steps": trainer.step, "gui_cpu_s": 0.0 if in_thread else None,
-            "cpu_s": cpu.main_s + cpu.others_s}
+            "cpu_s": cpu.main_s + cpu.others_s, "on_cpu": clock.on_cpu}
 
 
 def worker_app(steps: int, preset: str, threads: int) -> dict[str, Any]:
+    clock = TrainingThreadClock().install()
     make_app()
     window = open_window(steps, preset, threads=threads)
     settle(window)  # as a person would: the window is up and quiet before they press Start
     run = train_in_window(window, timeout_s=1800)
     result = {"loop_s": run["loop_wall_s"], "steps": run["steps"],
               "tokens_per_s": run["steps"] * tokens_per_step(window.session.config) / run["loop_wall_s"],
-              "gui_cpu_s": run["gui_cpu_s"], "cpu_s": run["gui_cpu_s"] + run["other_cpu_s"]}
+              "gui_cpu_s": run["gui_cpu_s"], "cpu_s": run["gui_cpu_s"] + run["other_cpu_s"],
+              "on_cpu": clock.on_cpu}
     window.close()
     return result
 
@@ -138,13 +147,14 @@ def main(argv: list[str] | None = None) -> None:
         cpu = statistics.median(r["cpu_s"] for r in results[name])
         gui = [r["gui_cpu_s"] for r in results[name] if r["gui_cpu_s"] is not None]
         gui_share = f"{statistics.median(g / r['loop_s'] for g, r in zip(gui, results[name])):.1%}" if gui else "-"
-        lines.append([name, f"{median:,.0f}", f"{best:,.0f}", *ratios, f"{cpu:.2f}", gui_share,
+        on_cpu = f"{statistics.median(r['on_cpu'] for r in results[name]):.1%}"
+        lines.append([name, f"{median:,.0f}", f"{best:,.0f}", *ratios, f"{cpu:.2f}", gui_share, on_cpu,
                       " ".join(f"{s:,.0f}" for s in speeds(name))])
     threads = args.threads or "PyTorch's default"
     print(f"\nTraining speed, preset {args.preset!r}, {args.steps} steps, {args.repeats} runs each, CPU, "
           f"threads: {threads}\n")
     print(table(["row", "median tok/s", "best tok/s", "vs thread: median  best", "vs main: median  best",
-                 "CPU s", "GUI thread CPU", "all runs (tok/s)"], lines))
+                 "CPU s", "GUI thread CPU", "training thread on CPU", "all runs (tok/s)"], lines))
 
 
 if __name__ == "__main__":

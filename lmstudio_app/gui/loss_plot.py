@@ -27,7 +27,10 @@ from .plot_data import DEFAULT_MAX_POINTS, PeakDecimator, SeriesBuffer, ema
 
 REDRAW_INTERVAL_MS = 66  # ~15 Hz at most: fluid to the eye
 MAX_REDRAW_INTERVAL_MS = 500  # and at least 2 Hz, however slow the machine
-REDRAW_BUDGET = 0.05  # share of the GUI thread's time that redrawing the plot may take
+# Share of wall time that redrawing the plot may take. Painting holds the GIL (pyqtgraph paints
+# in Python, PySide6 keeps the GIL through Qt calls), so this is also what it may cost training:
+# a ~8 ms frame is then redrawn ~2.5 times a second, a cheap one up to 15.
+REDRAW_BUDGET = 0.02
 MAX_BINS = 1500  # per curve: 2 points a bin, about two per pixel of a wide plot
 MAX_MARKERS = 300  # validation points drawn with a marker each; more are drawn as a line
 RANGE_HEADROOM = 0.05  # an auto-ranged axis leaves this share of the data's span free on each side
@@ -294,11 +297,18 @@ class LossPlot(QWidget):
         if not (self._dirty or steps != self._drawn_steps) or not self.isVisible():
             return  # a hidden plot catches up in showEvent
         self._dirty = False
-        self._frame_cost_s = 0.0  # smoothed cost of one redraw + paint, sets the redraw interval
         self._drawn_steps = steps
         self.redraw_count += 1
+        started = time.perf_counter()
         for drawn in self._curves:
             drawn.draw(*steps)
+        self._pace(time.perf_counter() - started + self.plot_widget.paint_s)
+
+    def _pace(self, frame_s: float) -> None:
+        """Space redraws so that they (and the paint each causes) stay within the budget."""
+        self._frame_cost_s = frame_s if self._frame_cost_s == 0 else 0.7 * self._frame_cost_s + 0.3 * frame_s
+        interval = round(1000 * self._frame_cost_s / REDRAW_BUDGET)
+        self._timer.setInterval(min(max(interval, REDRAW_INTERVAL_MS), MAX_REDRAW_INTERVAL_MS))
 
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)

@@ -264,6 +264,7 @@ class MainWindow(QMainWindow):
         super().showEvent(event)
         if not self._sized_once:
             self._sized_once = True
+            gc_guard.freeze_long_lived()  # the window and its panels live as long as the app
             if not self._layout_restored:
                 self._apply_default_sizes()
 

@@ -34,7 +34,7 @@ _TITLES = ("Raw text", "Tokenizer", "Token IDs", "Model", "Logits", "Softmax", "
 _TOP = 5  # entries shown in the logits and softmax boxes
 _CONTEXT_SHOWN = 8  # context tokens listed in the IDs box
 _TEXT_WINDOW = 60  # characters of prompt shown either side of the selected token
-_TRAINING_REFRESH_MS = 500
+_TRAINING_REFRESH_MS = 1000  # as the predictions panel
 
 
 class _StageBox(QFrame):

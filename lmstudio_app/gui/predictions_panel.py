@@ -41,7 +41,7 @@ from .worker import run_in_thread
 
 DEFAULT_PROMPT = "the cat sat on the"
 NO_MODEL_HINT = "Start training or open a run to see predictions."
-_TRAINING_REFRESH_MS = 500  # ≤ 2 Hz while the weights change under us
+_TRAINING_REFRESH_MS = 1000  # ≤ 1 Hz while the weights change under us: each refresh costs training
 _EDIT_DEBOUNCE_MS = 120
 _ERROR_STYLE = "color: #d0312d;"
 

@@ -148,6 +148,20 @@ class CandidateTable(QTableWidget):
         self.cellClicked.connect(lambda row, _col: self.candidate_clicked.emit(row))
 
     def set_candidates(self, candidates: Sequence[Candidate]) -> None:
+        # Columns sized to their contents would re-measure every cell after each setItem (~30 ms
+        # for ten rows, all of it holding the GIL that training needs): fill with fixed sections,
+        # then measure once.
+        header = self.horizontalHeader()
+        modes = [header.sectionResizeMode(col) for col in range(header.count())]
+        for col in range(header.count()):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
+        try:
+            self._fill(candidates)
+        finally:
+            for col, mode in enumerate(modes):
+                header.setSectionResizeMode(col, mode)
+
+    def _fill(self, candidates: Sequence[Candidate]) -> None:
         self.setRowCount(len(candidates))
         dim = self.palette().placeholderText().color()
         for row, cand in enumerate(candidates):

@@ -76,8 +76,12 @@ class ProgressStrip(QWidget):
         metrics, first = self._latest, self._first
         if metrics is None or first is None:
             return
+        # QProgressBar.setValue repaints at once, inside the call and so holding the GIL the
+        # training thread needs; with updates off it is painted later by the event loop.
+        self.progress.setUpdatesEnabled(False)
         self.progress.setMaximum(metrics.max_steps)
         self.progress.setValue(metrics.step)
+        self.progress.setUpdatesEnabled(True)
         eta = ""
         done = metrics.step - first[0]
         if done > 0 and metrics.elapsed_s > first[1]:

@@ -242,14 +242,17 @@ def test_garbage_cycles_are_collected_in_the_gui_thread_only(qtbot, main_window)
         def __del__(self) -> None:
             freed_in.append(threading.current_thread().name)
 
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
     def make_garbage() -> None:
         Node()
         # Garbage that reference counting cannot free, far past the threshold of automatic
         # collection (short-lived objects would not do: their frees cancel their allocations
         # in the collector's count).
         for _ in range(10 * gc.get_threshold()[0]):
-            cycle: list = []
-            cycle.append(cycle)
+            Cycle()
 
     worker = threading.Thread(target=make_garbage, name="worker")
     worker.start()
