@@ -105,15 +105,28 @@ def _cpu_model_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def describe_device(device: torch.device) -> str:
-    """One line for the status bar: ``CUDA: NVIDIA H200 (140 GB)``, ``CPU: AMD EPYC (2 threads)``."""
+# PyTorch's own choice of CPU threads, before any run sets ``train.threads``. (A thread count set
+# later applies to threads started afterwards, such as the app's training thread, while a thread
+# that already ran torch code, such as the GUI thread, may keep reporting its own.)
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+def training_threads(configured: int) -> int:
+    """The CPU threads a run uses for ``train.threads`` (0: PyTorch's default)."""
+    return configured if configured > 0 else DEFAULT_THREADS
+
+
+def describe_device(device: torch.device, threads: int | None = None) -> str:
+    """One line for the status bar: ``CUDA: NVIDIA H200 (140 GB)``, ``CPU: AMD EPYC (2 threads)``;
+    ``threads``: the CPU threads to name (default: what PyTorch reports in this thread)."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"CUDA: {props.name} ({props.total_memory / 2**30:.0f} GB)"
     if device.type == "mps":
         return "Apple MPS"
     if device.type == "cpu":
-        return f"CPU: {_cpu_model_name()} ({torch.get_num_threads()} threads)"
+        count = torch.get_num_threads() if threads is None else threads
+        return f"CPU: {_cpu_model_name()} ({count} thread{'' if count == 1 else 's'})"
     return str(device)
 
 

@@ -28,7 +28,7 @@ from . import checkpoints as ckpt
 from . import distributed, faults
 from .config import RunConfig, TrainConfig, copy_config, validate_plugins
 from .data import BatchSampler, FileInfo, TokenizedCorpus, iter_text_chunks, load_corpus_text, tokenize_corpus
-from .devices import autocast_dtype, resolve_device
+from .devices import autocast_dtype, resolve_device, training_threads
 from .distributed import DistInfo
 from .errors import CheckpointError, ConfigError, DataError, LMStudioError, PluginCallError
 from .optim import build_optimizers
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from .registry import PluginRegistry
 
 ProgressCallback = Callable[[str, int, int], None]
-DEFAULT_THREADS = torch.get_num_threads()  # PyTorch's choice, before any run sets train.threads
 
 
 @dataclass
@@ -174,7 +173,7 @@ def prepare_run(
     cfg = config.train
     micro_batch_size(cfg, dist.world_size if dist else 1)  # fail before minutes of tokenizing
     # The thread count is process-wide: "0" must restore the default after an earlier run.
-    torch.set_num_threads(cfg.threads if cfg.threads > 0 else DEFAULT_THREADS)
+    torch.set_num_threads(training_threads(cfg.threads))
     seed_everything(cfg.seed)  # every rank builds the same initial weights
     device = distributed.device_for_rank(resolve_device(cfg.device), dist)
     dtype = autocast_dtype(device, cfg.dtype)

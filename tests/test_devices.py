@@ -99,7 +99,10 @@ def test_explicit_and_per_device_dtypes(monkeypatch) -> None:
 
 def test_describe_cpu_names_model_and_threads(fake_cpuinfo) -> None:
     fake_cpuinfo("processor : 0\nmodel name : Test CPU 9000\nflags : fpu\n")
-    assert describe_device(CPU) == f"CPU: Test CPU 9000 ({torch.get_num_threads()} threads)"
+    count = torch.get_num_threads()
+    assert describe_device(CPU) == f"CPU: Test CPU 9000 ({count} thread{'' if count == 1 else 's'})"
+    assert describe_device(CPU, 4) == "CPU: Test CPU 9000 (4 threads)"  # what a run's train.threads uses
+    assert describe_device(CPU, 1) == "CPU: Test CPU 9000 (1 thread)"
     assert describe_device(torch.device("mps")) == "Apple MPS"
 
 

@@ -251,3 +251,35 @@ def test_session_module_never_imports_qt():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_small_model_has_its_step_timed_a_large_one_estimated(session, monkeypatch):
+    from lmstudio_app import model_preview
+
+    timed = session.model_preview()
+    assert timed.step_time_measured and timed.seconds_per_step > 0
+    monkeypatch.setattr(model_preview, "TIMED_STEP_MAX_FLOPS", 0.0)  # as if the model were huge
+    estimated = session.model_preview()
+    assert not estimated.step_time_measured and estimated.seconds_per_step > 0
+
+
+def test_activations_are_those_of_one_micro_batch(session):
+    session.set_train({"batch_size": 16, "grad_accum": 1})
+    whole = session.model_preview(measure_speed=False).memory_bytes
+    session.set_train({"batch_size": 16, "grad_accum": 4})
+    quarter = session.model_preview(measure_speed=False).memory_bytes
+    assert quarter < whole
+
+
+def test_timing_a_step_trains_a_throwaway_copy_in_the_training_precision(session, registry):
+    from lmstudio_app.config import validate_plugins
+    from lmstudio_app.model_preview import time_training_step
+
+    vocab_size = session.ensure_tokenizer().vocab_size
+    _, params = validate_plugins(session.config, registry)
+    seconds = time_training_step(registry.model("gpt"), params, vocab_size, session.config.train, "builtin",
+                                 seconds=0.01)
+    assert 0 < seconds < 5
+    with pytest.raises(__import__("lmstudio_app.errors", fromlist=["x"]).ConfigError, match="grad_accum"):
+        session.set_train({"batch_size": 6, "grad_accum": 4})
+        time_training_step(registry.model("gpt"), params, vocab_size, session.config.train, "builtin")

@@ -26,11 +26,11 @@ from . import theme
 from .plot_data import DEFAULT_MAX_POINTS, PeakDecimator, SeriesBuffer, ema
 
 REDRAW_INTERVAL_MS = 66  # ~15 Hz at most: fluid to the eye
-MAX_REDRAW_INTERVAL_MS = 500  # and at least 2 Hz, however slow the machine
+MAX_REDRAW_INTERVAL_MS = 1000  # and at least 1 Hz, however slow the machine
 # Share of wall time that redrawing the plot may take. Painting holds the GIL (pyqtgraph paints
 # in Python, PySide6 keeps the GIL through Qt calls), so this is also what it may cost training:
-# a ~8 ms frame is then redrawn ~2.5 times a second, a cheap one up to 15.
-REDRAW_BUDGET = 0.02
+# a ~8 ms frame is then redrawn about once a second, a 2 ms one five times.
+REDRAW_BUDGET = 0.01
 MAX_BINS = 1500  # per curve: 2 points a bin, about two per pixel of a wide plot
 MAX_MARKERS = 300  # validation points drawn with a marker each; more are drawn as a line
 RANGE_HEADROOM = 0.05  # an auto-ranged axis leaves this share of the data's span free on each side
@@ -169,6 +169,9 @@ class LossPlot(QWidget):
         self.plot_item.scene().addItem(self.lr_view)
         self.plot_item.getAxis("right").linkToView(self.lr_view)
         self.plot_item.getAxis("right").setLabel("learning rate")
+        # Tick labels in plain numbers: an SI scale factor would put "(x0.001)" into the label,
+        # which then no longer fits the axis.
+        self.plot_item.getAxis("right").enableAutoSIPrefix(False)
         self.lr_view.setXLink(self.plot_item)
         self.lr_curve = pg.PlotDataItem(name="learning rate")
         self.lr_view.addItem(self.lr_curve)
@@ -215,6 +218,11 @@ class LossPlot(QWidget):
         self._timer.setInterval(REDRAW_INTERVAL_MS)
         self._timer.timeout.connect(self.redraw)
         self._timer.start()
+        # Zooming or panning by hand re-decimates the new range promptly, whatever the pace of
+        # redraws for arriving data.
+        self._view_timer = QTimer(self, singleShot=True, interval=REDRAW_INTERVAL_MS)
+        self._view_timer.timeout.connect(self.redraw)
+        self.plot_item.vb.sigRangeChangedManually.connect(self._view_timer.start)
 
     # ---- data in --------------------------------------------------------------------------
 

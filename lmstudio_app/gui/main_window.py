@@ -15,7 +15,7 @@ from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKe
 from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QMenu, QWidget
 
 from ..config import save_config
-from ..devices import describe_device, resolve_device
+from ..devices import describe_device, resolve_device, training_threads
 from ..errors import ConfigError, LMStudioError
 from ..resources import resource_path
 from ..session import Session
@@ -286,19 +286,20 @@ class MainWindow(QMainWindow):
 
     def _update_device_label(self) -> None:
         try:
-            self.device_label.setText(describe_device(resolve_device(self.session.config.train.device)))
+            train = self.session.config.train
+            self.device_label.setText(describe_device(resolve_device(train.device), training_threads(train.threads)))
         except ConfigError as exc:  # e.g. a config asking for CUDA on a machine without it
             self.device_label.setText(str(exc))
 
     def _on_training_started(self) -> None:
         trainer = self.session.trainer
         if trainer is not None:
-            self.device_label.setText(describe_device(trainer.device))
+            self.device_label.setText(describe_device(trainer.device, training_threads(trainer.config.train.threads)))
             self.params_label.setText(f"{trainer.model.num_parameters():,} parameters")
         self._update_actions()
 
     def _on_training_step(self, metrics: StepMetrics) -> None:
-        """Reports can come hundreds of times a second: the labels follow at most every 100 ms."""
+        """Reports can come hundreds of times a second: the labels follow at most every STATUS_INTERVAL_MS."""
         self._latest_step = metrics
         if not self._status_timer.isActive():
             self._status_timer.start()

@@ -64,6 +64,8 @@ class ModelPanel(QWidget):
         self._in_flight = False
         self._pending = False
         self._emitting = False
+        self._training = False  # a run is training: timing steps now would slow it, and be slowed
+        self._stale = False  # a refresh was asked for while training
 
         self.plugin_combo = QComboBox()
         for name, spec in session.registry.models().items():
@@ -115,6 +117,8 @@ class ModelPanel(QWidget):
         events.model_config_changed.connect(self._on_config_changed)
         events.train_config_changed.connect(self.refresh_preview)
         events.tokenizer_changed.connect(self.refresh_preview)
+        events.training_started.connect(self._on_training_started)
+        events.training_finished.connect(self._on_training_finished)
         self.sync_from_session()
 
     # ----- public API ----------------------------------------------------------------------
@@ -130,7 +134,19 @@ class ModelPanel(QWidget):
         return self._in_flight or self._pending or self._debounce.isActive()
 
     def refresh_preview(self, *_args: Any) -> None:
+        if self._training:
+            self._stale = True
+            return
         self._debounce.start()
+
+    def _on_training_started(self) -> None:
+        self._training = True
+
+    def _on_training_finished(self, *_args: Any) -> None:
+        self._training = False
+        if self._stale:
+            self._stale = False
+            self.refresh_preview()
 
     def sync_from_session(self) -> None:
         """Show the session's model choice and params (after a preset or a loaded run)."""
@@ -256,4 +272,5 @@ class ModelPanel(QWidget):
         self.flops_label.setText(format_flops(preview.flops_per_token))
         self.context_label.setText(f"{preview.context_length:,} tokens")
         self.memory_label.setText(f"{preview.memory_bytes / 1e6:,.1f} MB")
-        self.step_time_label.setText(f"{format_seconds(preview.seconds_per_step)} on {preview.device}")
+        how = "measured" if preview.step_time_measured else "estimated from matmul speed"
+        self.step_time_label.setText(f"{format_seconds(preview.seconds_per_step)} on {preview.device} ({how})")

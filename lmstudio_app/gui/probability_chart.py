@@ -54,6 +54,7 @@ class ProbabilityChart(QWidget):
         self.plot.hideButtons()
         self.plot.showGrid(y=True, alpha=0.2)
         self.plot.setLabel("left", "probability")
+        self.plot.getAxis("left").enableAutoSIPrefix(False)  # 0.2, 0.4 rather than 200 x 0.001
         self.plot.setMinimumHeight(140)
         self._prob_bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(*_PROB_BRUSH), pen=None)
         self._sample_bars = pg.BarGraphItem(x=[], height=[], width=0.35, brush=pg.mkBrush(*_SAMPLE_BRUSH), pen=None)

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
 
 from ..training import StepMetrics
 
-STATUS_INTERVAL_MS = 100  # progress texts (here and in the status bar) update at most this often
+STATUS_INTERVAL_MS = 250  # progress texts (here and in the status bar) update at most this often
 
 
 def format_duration(seconds: float) -> str:

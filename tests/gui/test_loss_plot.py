@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmstudio_app.gui.loss_plot import MAX_BINS, MAX_MARKERS, LossPlot
+from lmstudio_app.gui.loss_plot import (MAX_BINS, MAX_MARKERS, MAX_REDRAW_INTERVAL_MS, REDRAW_BUDGET,
+                                        REDRAW_INTERVAL_MS, LossPlot)
 from lmstudio_app.gui.plot_data import PeakDecimator, SeriesBuffer, ema
 
 
@@ -136,6 +137,33 @@ def test_zooming_in_shows_the_visible_steps_in_full_detail(qtbot, plot):
     plot.plot_item.enableAutoRange()  # the "A" button: everything again, decimated
     plot.redraw()
     assert plot.train_raw_curve.getData()[0][-1] == n
+
+
+def test_redraws_are_paced_by_what_a_frame_costs(qtbot, plot):
+    """Each frame holds the GIL the training thread needs: costly frames come less often."""
+
+    def frames(paint_s: float, count: int = 30) -> int:
+        for _ in range(count):
+            plot.plot_widget.paint_s = paint_s  # what the last paint took
+            plot.add_point(plot.redraw_count + 1, 1.0, 1e-3)
+            plot.redraw()
+        return plot._timer.interval()
+
+    cheap = frames(0.0)
+    assert REDRAW_INTERVAL_MS <= cheap < MAX_REDRAW_INTERVAL_MS
+    assert frames(2 * REDRAW_BUDGET * MAX_REDRAW_INTERVAL_MS / 1000) == MAX_REDRAW_INTERVAL_MS  # at least 1 Hz
+    assert frames(0.0) < MAX_REDRAW_INTERVAL_MS  # cheap again: faster again
+
+
+def test_a_zoom_by_hand_is_redrawn_promptly_whatever_the_pace(qtbot, plot):
+    fill(plot, np.arange(1, 20_001), np.linspace(3, 1, 20_000))
+    plot.redraw()
+    plot._timer.setInterval(60_000)  # data redraws far apart
+    count = plot.redraw_count
+    plot.plot_item.vb.sigRangeChangedManually.emit([True, False])  # what a mouse zoom emits
+    plot.plot_item.setXRange(5_000, 5_300, padding=0)
+    qtbot.waitUntil(lambda: plot.redraw_count > count, timeout=2000)
+    assert len(plot.train_raw_curve.getData()[0]) < 400
 
 
 def test_nothing_is_redrawn_when_nothing_changed_or_the_plot_is_hidden(qtbot, plot):
