@@ -12,18 +12,17 @@ from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
 from ..errors import Cancelled, LMStudioError
 from ..params import params_to_dict
 from ..session import ModelPreview, Session
 from .dialogs import describe_exception
 from .events import AppEvents
-from .param_form import ParamForm
+from .plugin_chooser import ChooserPanel, PluginChooser
 from .worker import run_in_thread
 
 PREVIEW_DEBOUNCE_MS = 300
-_ERROR_STYLE = "color: #d0312d;"
 
 
 def format_count(n: float) -> str:
@@ -49,7 +48,7 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds:.3g} s"
 
 
-class ModelPanel(QWidget):
+class ModelPanel(ChooserPanel, QWidget):
     """Model plugin + generated settings form + a live size/cost summary."""
 
     preview_ready = Signal(object)  # the ModelPreview now shown
@@ -58,7 +57,6 @@ class ModelPanel(QWidget):
         super().__init__(parent)
         self.session = session
         self.events = events
-        self.form: ParamForm | None = None
         self._preview: ModelPreview | None = None
         self._request_id = 0
         self._in_flight = False
@@ -67,18 +65,7 @@ class ModelPanel(QWidget):
         self._training = False  # a run is training: timing steps now would slow it, and be slowed
         self._stale = False  # a refresh was asked for while training
 
-        self.plugin_combo = QComboBox()
-        for name, spec in session.registry.models().items():
-            self.plugin_combo.addItem(name, name)
-            self.plugin_combo.setItemData(self.plugin_combo.count() - 1, spec.description,
-                                          Qt.ItemDataRole.ToolTipRole)
-        self.description_label = QLabel()
-        self.description_label.setWordWrap(True)
-        self.form_box = QVBoxLayout()
-        self.error_label = QLabel()
-        self.error_label.setStyleSheet(_ERROR_STYLE)
-        self.error_label.setWordWrap(True)
-        self.error_label.hide()
+        self.chooser = PluginChooser(session.registry.models(), "model")
 
         self.parameters_label = QLabel("—")
         self.non_embedding_label = QLabel("—")
@@ -94,10 +81,7 @@ class ModelPanel(QWidget):
 
         settings = QGroupBox("Model")
         settings_layout = QVBoxLayout(settings)
-        settings_layout.addWidget(self.plugin_combo)
-        settings_layout.addWidget(self.description_label)
-        settings_layout.addLayout(self.form_box)
-        settings_layout.addWidget(self.error_label)
+        settings_layout.addWidget(self.chooser)
         summary = QGroupBox("Summary")
         rows = QFormLayout(summary)
         rows.addRow("Parameters", self.parameters_label)
@@ -113,7 +97,8 @@ class ModelPanel(QWidget):
 
         self._debounce = QTimer(self, singleShot=True, interval=PREVIEW_DEBOUNCE_MS)
         self._debounce.timeout.connect(self._start_preview)
-        self.plugin_combo.currentIndexChanged.connect(self._on_plugin_chosen)
+        self.chooser.plugin_chosen.connect(self._apply_settings)
+        self.chooser.edited.connect(self._apply_settings)
         events.model_config_changed.connect(self._on_config_changed)
         events.train_config_changed.connect(self.refresh_preview)
         events.tokenizer_changed.connect(self.refresh_preview)
@@ -122,9 +107,6 @@ class ModelPanel(QWidget):
         self.sync_from_session()
 
     # ----- public API ----------------------------------------------------------------------
-
-    def plugin(self) -> str:
-        return str(self.plugin_combo.currentData())
 
     def preview(self) -> ModelPreview | None:
         """The summary currently shown (None before the first one or after an error)."""
@@ -151,32 +133,10 @@ class ModelPanel(QWidget):
     def sync_from_session(self) -> None:
         """Show the session's model choice and params (after a preset or a loaded run)."""
         choice = self.session.config.model
-        index = self.plugin_combo.findData(choice.plugin)
-        self.plugin_combo.blockSignals(True)
-        self.plugin_combo.setCurrentIndex(max(index, 0))
-        self.plugin_combo.blockSignals(False)
-        self._build_form(choice.params if index >= 0 else {})
+        self.chooser.set_choice(choice.plugin, choice.params)
         self.refresh_preview()
 
     # ----- settings ------------------------------------------------------------------------
-
-    def _build_form(self, values: dict[str, Any]) -> None:
-        spec = self.session.registry.models()[self.plugin()]
-        self.description_label.setText(spec.description)
-        if self.form is not None:
-            self.form.setParent(None)
-            self.form.deleteLater()
-        try:
-            self.form = ParamForm(spec.params, values, where="model")
-        except LMStudioError as exc:
-            self.form = ParamForm(spec.params, where="model")
-            self._show_error(str(exc))
-        self.form.changed.connect(self._apply_settings)
-        self.form_box.addWidget(self.form)
-
-    def _on_plugin_chosen(self) -> None:
-        self._build_form({})
-        self._apply_settings()
 
     def _apply_settings(self) -> None:
         if self.form is None:
@@ -203,10 +163,6 @@ class ModelPanel(QWidget):
             self.sync_from_session()
         else:
             self.refresh_preview()
-
-    def _show_error(self, text: str) -> None:
-        self.error_label.setText(text)
-        self.error_label.setVisible(bool(text))
 
     # ----- preview ---------------------------------------------------------------------------
 

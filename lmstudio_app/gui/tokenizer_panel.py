@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
-    QComboBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -31,39 +29,26 @@ from ..params import params_to_dict
 from ..session import Session
 from .dialogs import describe_exception
 from .events import AppEvents
-from .param_form import ParamForm
+from .plugin_chooser import ChooserPanel, PluginChooser
 from .token_chips import TokenChips
 from .worker import BackgroundTask, run_in_thread
 
 DEFAULT_SAMPLE = "The cat sat on the mat."
-_ERROR_STYLE = "color: #d0312d;"
 
 
-class TokenizerPanel(QWidget):
+class TokenizerPanel(ChooserPanel, QWidget):
     """Tokenizer plugin + settings, a Train button, corpus statistics and live token chips."""
 
     def __init__(self, session: Session, events: AppEvents, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session = session
         self.events = events
-        self.form: ParamForm | None = None
         self._task: BackgroundTask[Any] | None = None
         self._phase = ""
         self._cancel_requested = False
         self._emitting = False  # our own tokenizer_changed must not reload the form we edit
 
-        self.plugin_combo = QComboBox()
-        for name, spec in session.registry.tokenizers().items():
-            self.plugin_combo.addItem(name, name)
-            self.plugin_combo.setItemData(self.plugin_combo.count() - 1, spec.description,
-                                          Qt.ItemDataRole.ToolTipRole)
-        self.description_label = QLabel()
-        self.description_label.setWordWrap(True)
-        self.form_box = QVBoxLayout()
-        self.error_label = QLabel()
-        self.error_label.setStyleSheet(_ERROR_STYLE)
-        self.error_label.setWordWrap(True)
-        self.error_label.hide()
+        self.chooser = PluginChooser(session.registry.tokenizers(), "tokenizer")
 
         self.train_button = QPushButton("Train tokenizer")
         self.train_button.clicked.connect(self.train)
@@ -87,10 +72,7 @@ class TokenizerPanel(QWidget):
 
         settings = QGroupBox("Tokenizer")
         settings_layout = QVBoxLayout(settings)
-        settings_layout.addWidget(self.plugin_combo)
-        settings_layout.addWidget(self.description_label)
-        settings_layout.addLayout(self.form_box)
-        settings_layout.addWidget(self.error_label)
+        settings_layout.addWidget(self.chooser)
         buttons = QHBoxLayout()
         buttons.addWidget(self.train_button)
         buttons.addWidget(self.cancel_button)
@@ -113,7 +95,8 @@ class TokenizerPanel(QWidget):
         layout.addWidget(live)
         layout.addStretch(1)
 
-        self.plugin_combo.currentIndexChanged.connect(self._on_plugin_chosen)
+        self.chooser.plugin_chosen.connect(self._on_plugin_chosen)
+        self.chooser.edited.connect(self._apply_settings)
         events.tokenizer_changed.connect(self._on_tokenizer_changed)
         events.corpus_tokenized.connect(self.update_stats)
         events.corpus_changed.connect(self.update_stats)
@@ -121,37 +104,20 @@ class TokenizerPanel(QWidget):
 
     # ----- settings --------------------------------------------------------------------------
 
-    def plugin(self) -> str:
-        return str(self.plugin_combo.currentData())
-
     def sync_from_session(self) -> None:
         """Show the session's tokenizer choice and params (after a preset or a loaded run)."""
         choice = self.session.config.tokenizer
-        index = self.plugin_combo.findData(choice.plugin)
-        self.plugin_combo.blockSignals(True)
-        self.plugin_combo.setCurrentIndex(max(index, 0))
-        self.plugin_combo.blockSignals(False)
-        self._build_form(choice.params if index >= 0 else {})
+        self.chooser.set_choice(choice.plugin, choice.params)
+        self._label_train_button()
         self.update_stats()
         self.update_sample()
 
-    def _build_form(self, values: dict[str, Any]) -> None:
-        spec = self.session.registry.tokenizers()[self.plugin()]
-        self.description_label.setText(spec.description)
-        if self.form is not None:
-            self.form.setParent(None)
-            self.form.deleteLater()
-        try:
-            self.form = ParamForm(spec.params, values, where="tokenizer")
-        except LMStudioError as exc:  # a config naming a key this plugin lacks: start from defaults
-            self.form = ParamForm(spec.params, where="tokenizer")
-            self._show_error(str(exc))
-        self.form.changed.connect(self._apply_settings)
-        self.form_box.addWidget(self.form)
-        self.train_button.setText("Train tokenizer" if spec.trains_on_corpus else "Build tokenizer")
+    def _label_train_button(self) -> None:
+        trains = self.chooser.spec().trains_on_corpus
+        self.train_button.setText("Train tokenizer" if trains else "Build tokenizer")
 
     def _on_plugin_chosen(self) -> None:
-        self._build_form({})
+        self._label_train_button()
         self._apply_settings()
 
     def _apply_settings(self) -> None:
@@ -184,10 +150,6 @@ class TokenizerPanel(QWidget):
             signal.emit()
         finally:
             self._emitting = False
-
-    def _show_error(self, text: str) -> None:
-        self.error_label.setText(text)
-        self.error_label.setVisible(bool(text))
 
     # ----- training --------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmstudio_app.gui.model_panel import ModelPanel, format_count, format_flops, format_seconds
+from lmstudio_app.gui.model_panel import PREVIEW_DEBOUNCE_MS, ModelPanel, format_count, format_flops, format_seconds
 from lmstudio_app.params import build_params
 
 
@@ -68,3 +68,17 @@ def test_formatting():
     assert format_count(999) == "999"
     assert format_flops(7.4e6) == "7.4 MFLOP"
     assert format_seconds(0.0351) == "35.1 ms" and format_seconds(None) == "—" and format_seconds(2.5) == "2.5 s"
+
+
+def test_the_step_time_is_measured_and_not_retimed_while_training(qtbot, panel, session, events):
+    """A timed step while a run trains would slow the run and be slowed by it: the panel waits."""
+    assert panel.preview().step_time_measured
+    assert "(measured)" in panel.step_time_label.text()
+    requests = panel._request_id
+    events.training_started.emit()
+    events.train_config_changed.emit()
+    events.tokenizer_changed.emit()
+    qtbot.wait(PREVIEW_DEBOUNCE_MS + 300)  # long enough for a refresh to have started
+    assert panel._request_id == requests and not panel.is_busy()
+    events.training_finished.emit("finished")  # then it catches up once
+    qtbot.waitUntil(lambda: panel._request_id == requests + 1 and not panel.is_busy(), timeout=10000)
