@@ -2,8 +2,9 @@
 
 The settings form is generated from the plugin's params dataclass; every valid change goes to
 ``session.set_model``. The summary (parameters, FLOPs per token, memory, time per step) comes
-from ``session.model_preview()``, which builds the model on the meta device and may time a
-matmul once, so it runs on the thread pool, debounced, with only the newest answer shown.
+from ``session.model_preview()``, which builds the model on the meta device and times a few
+real steps (or a matmul, for a large model), so it runs on the thread pool, debounced, with only
+the newest answer shown, and not while a run trains.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class ModelPanel(ChooserPanel, QWidget):
                       self.memory_label, self.step_time_label):
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.memory_label.setToolTip("Weights, gradients, optimiser state and the activations of one batch")
-        self.step_time_label.setToolTip("Estimated from the model's FLOPs and this device's measured speed")
+        self.step_time_label.setToolTip("A model this small: a few real training steps timed on random tokens.\n"
+                                        "A larger one: estimated from its FLOPs and this device's matmul speed.")
 
         settings = QGroupBox("Model")
         settings_layout = QVBoxLayout(settings)
