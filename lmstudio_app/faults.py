@@ -36,8 +36,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def free_memory(device: torch.device) -> None:
-    """Return what a failed step left cached (call after dropping its tensors)."""
-    gc.collect()  # the traceback of the failed step held its activations
+    """Return what a failed step left cached (call after dropping its tensors).
+
+    The failed step's activations can be caught in reference cycles through its traceback,
+    which only the cyclic collector frees. If the process has switched automatic collection
+    off, whoever did so collects, and this leaves the cycles to them: the desktop app collects
+    in its GUI thread only, because a collection here, in the training thread, can destroy Qt
+    objects outside their thread and hang the app (it did, in a test of this very path).
+    """
+    if gc.isenabled():
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "mps":

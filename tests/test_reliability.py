@@ -395,3 +395,22 @@ def test_kill_9_while_training_resumes_from_the_last_complete_checkpoint(registr
     assert resumed.step == saved + 2
 
 
+
+
+def test_freeing_a_failed_step_collects_only_where_the_process_lets_it(monkeypatch):
+    """The app switches automatic collection off and collects in its GUI thread: the training
+    thread must not collect then (that hung the app: Qt objects destroyed outside their thread)."""
+    from lmstudio_app import faults
+
+    collected: list[int] = []
+    monkeypatch.setattr(faults.gc, "collect", lambda *args: collected.append(1) or 0)
+    was_enabled = gc.isenabled()
+    try:
+        gc.disable()
+        faults.free_memory(torch.device("cpu"))
+        assert collected == []
+        gc.enable()
+        faults.free_memory(torch.device("cpu"))
+        assert collected == [1]  # a plain process (the CLI) frees the cycles at once
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
