@@ -58,6 +58,16 @@ def cached_matmul_flops(device: torch.device, dtype: torch.dtype | None = None) 
         return _MATMUL_FLOPS_CACHE[key]
 
 
+def _build(spec: ModelSpec, model_params: Any, vocab_size: int, owner: str) -> Any:
+    """The plugin's model; an exception from the plugin's code names the plugin."""
+    try:
+        return spec.build(model_params, vocab_size)
+    except LMStudioError:
+        raise
+    except Exception as exc:
+        raise PluginCallError(owner, f"building model {spec.name!r}", exc) from exc
+
+
 def time_training_step(spec: ModelSpec, model_params: Any, vocab_size: int, train: TrainConfig, owner: str,
                        device: torch.device | None = None, seconds: float = _TIMING_SECONDS) -> float:
     """Seconds per optimiser step of this model, timed on random tokens after a warm-up step:
@@ -66,12 +76,7 @@ def time_training_step(spec: ModelSpec, model_params: Any, vocab_size: int, trai
     count to ``train.threads``, as training itself does when it starts."""
     device = device or devices.resolve_device(train.device)
     micro = micro_batch_size(train)
-    try:
-        model = spec.build(model_params, vocab_size).to(device)
-    except LMStudioError:
-        raise
-    except Exception as exc:
-        raise PluginCallError(owner, f"building model {spec.name!r}", exc) from exc
+    model = _build(spec, model_params, vocab_size, owner).to(device)
     autocast = devices.autocast_dtype(device, train.dtype)
     optimizers = build_optimizers(model, train, device)
     generator = torch.Generator().manual_seed(0)
@@ -109,13 +114,8 @@ def time_training_step(spec: ModelSpec, model_params: Any, vocab_size: int, trai
 def preview_model(spec: ModelSpec, model_params: Any, vocab_size: int, train: TrainConfig, owner: str,
                   measure_speed: bool = True) -> ModelPreview:
     """Build ``spec``'s model on the meta device and estimate its size, memory and speed."""
-    try:
-        with torch.device("meta"):
-            model = spec.build(model_params, vocab_size)
-    except LMStudioError:
-        raise
-    except Exception as exc:
-        raise PluginCallError(owner, f"building model {spec.name!r}", exc) from exc
+    with torch.device("meta"):
+        model = _build(spec, model_params, vocab_size, owner)
     info = model.describe()
     parameters = int(info["parameters"])
     context = int(info["context_length"])

@@ -35,10 +35,10 @@ from PySide6.QtWidgets import (
 
 from ..errors import ParamError
 from ..params import ParamInfo, build_params, coerce, param_infos
+from . import theme
 
 _INT_LIMIT = 2**31 - 1  # QSpinBox holds a C int
 _FLOAT_LIMIT = 1e15
-_ERROR_STYLE = "color: #d0312d;"
 _INVALID_PROPERTY = "paramInvalid"
 
 
@@ -188,7 +188,7 @@ class ParamForm(QWidget):
             label.setToolTip(info.help)
             form.addRow(label, self._row_widget(field))
         self._error_label = QLabel()
-        self._error_label.setStyleSheet(_ERROR_STYLE)
+        self._error_label.setStyleSheet(theme.ERROR_STYLE)
         self._error_label.setWordWrap(True)
         self._error_label.hide()
         outer.addWidget(self._error_label)

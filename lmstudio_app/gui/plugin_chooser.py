@@ -15,9 +15,9 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox, QLabel, QVBoxLayout, QWidget
 
 from ..errors import LMStudioError
+from . import theme
 from .param_form import ParamForm
 
-ERROR_STYLE = "color: #d0312d;"
 
 
 class PluginChooser(QWidget):
@@ -41,7 +41,7 @@ class PluginChooser(QWidget):
         self.description_label.setWordWrap(True)
         self.form_box = QVBoxLayout()
         self.error_label = QLabel()
-        self.error_label.setStyleSheet(ERROR_STYLE)
+        self.error_label.setStyleSheet(theme.ERROR_STYLE)
         self.error_label.setWordWrap(True)
         self.error_label.hide()
 

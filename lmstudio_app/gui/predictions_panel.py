@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 from ..errors import LMStudioError
 from ..inference import NextTokenPrediction, Predictor, TokenSurprise
 from ..session import Session
+from . import theme
 from .dialogs import describe_exception
 from .events import AppEvents
 from .probability_chart import CandidateTable, ProbabilityChart, SamplingControls
@@ -43,7 +44,6 @@ DEFAULT_PROMPT = "the cat sat on the"
 NO_MODEL_HINT = "Start training or open a run to see predictions."
 _TRAINING_REFRESH_MS = 1000  # ≤ 1 Hz while the weights change under us: each refresh costs training
 _EDIT_DEBOUNCE_MS = 120
-_ERROR_STYLE = "color: #d0312d;"
 
 
 @dataclass(frozen=True)
@@ -351,7 +351,7 @@ class PredictionsPanel(QWidget):
 
     def _show_message(self, text: str, error: bool = True) -> None:
         self.message_label.setText(text)
-        self.message_label.setStyleSheet(_ERROR_STYLE if error and text else "")
+        self.message_label.setStyleSheet(theme.ERROR_STYLE if error and text else "")
         self.message_label.setVisible(bool(text))
 
     # ----- generation ----------------------------------------------------------------------
