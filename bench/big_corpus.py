@@ -31,7 +31,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lmstudio_app.data import load_corpus_text, tokenize_corpus
+from lmstudio_app.data.corpus import tokenize_corpus
+from lmstudio_app.data.files import load_corpus_text
 from lmstudio_app.errors import Cancelled
 from lmstudio_app.params import build_params
 from lmstudio_app.registry import PluginRegistry
@@ -123,7 +124,7 @@ def main() -> None:
         with stage(rows, "read (load_corpus_text)", sampler):
             text, _ = load_corpus_text([path], progress=progress_printer("reading"))
         with stage(rows, f"build tokenizer ({args.tokenizer})", sampler):
-            from lmstudio_app.data import iter_text_chunks
+            from lmstudio_app.data.corpus import iter_text_chunks
 
             params = build_params(spec.params, {}, "tokenizer")
             tokenizer = spec.build(params, lambda: iter_text_chunks(text), progress_printer("tokenizer"))

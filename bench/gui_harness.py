@@ -151,7 +151,7 @@ class TrainingThreadClock:
 
     def install(self) -> TrainingThreadClock:
         """Wrap ``Trainer.steps`` (every trainer made from now on in this process)."""
-        from lmstudio_app.training import Trainer
+        from lmstudio_app.training.trainer import Trainer
 
         original = Trainer.steps
         clock = self
@@ -206,7 +206,7 @@ class GapProbe:
 def train_in_window(window: Any, timeout_s: float, probe: GapProbe | None = None) -> dict[str, Any]:
     """Click Start and wait for the end; returns the loop's wall time, the trainer's own clock,
     and the CPU seconds of the GUI thread and of the other threads (training, pool) meanwhile."""
-    from lmstudio_app.gui.training_panel import IDLE, RUNNING
+    from lmstudio_app.gui.panels.training import IDLE, RUNNING
 
     panel = window.training_panel
     finished: list[str] = []

@@ -50,8 +50,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gui_harness import (CpuMeter, TrainingThreadClock, make_app, open_window, run_worker, settle, table,
-                         train_in_window)
+from gui_harness import (
+    CpuMeter,
+    TrainingThreadClock,
+    make_app,
+    open_window,
+    run_worker,
+    settle,
+    table,
+    train_in_window,
+)
 
 MAIN = "headless, main thread (as the CLI)"
 THREAD = "headless, worker thread (as the app)"

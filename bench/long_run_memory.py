@@ -4,10 +4,10 @@
     python bench/long_run_memory.py --steps 20000         # quicker
     python bench/long_run_memory.py --gui-steps 20000     # also train through the GUI worker and plot
 
-Part 1, the engine, headless: the real :class:`~lmstudio_app.training.Trainer` on a tiny model
+Part 1, the engine, headless: the real :class:`~lmstudio_app.training.trainer.Trainer` on a tiny model
 (1-layer GPT, width 16, context 8, batch 4) with ``log_interval = 1``, so every step produces a
 metrics record, written to ``metrics.jsonl`` and consumed into bounded buffers exactly like the
-GUI's (:class:`~lmstudio_app.gui.loss_plot.SeriesBuffer`, capped here at 20k points so the
+GUI's (:class:`~lmstudio_app.gui.widgets.loss_plot.SeriesBuffer`, capped here at 20k points so the
 thinning runs too); evaluation and a checkpoint every 10k steps. The table shows, at each
 milestone, the resident set size, the live Python objects and ``metrics.jsonl``'s size: the first
 two must stay flat from 1k to 100k steps (the file grows by design, on disk).
@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from lmstudio_app.config import RunConfig, config_from_dict
-from lmstudio_app.demo_corpus import generate_demo_corpus
-from lmstudio_app.gui.loss_plot import SeriesBuffer
+from lmstudio_app.data.demo_grammar import generate_demo_corpus
+from lmstudio_app.gui.widgets.loss_plot import SeriesBuffer
 from lmstudio_app.registry import PluginRegistry
-from lmstudio_app.training import Trainer
+from lmstudio_app.training.trainer import Trainer
 
 MB = 1 << 20
 PROCESS = psutil.Process()
@@ -90,7 +90,7 @@ def engine_part(registry: PluginRegistry, corpus: Path, work: Path, steps: int) 
 def plot_part(points: int) -> None:
     from PySide6.QtWidgets import QApplication
 
-    from lmstudio_app.gui.loss_plot import LossPlot
+    from lmstudio_app.gui.widgets.loss_plot import LossPlot
 
     app = QApplication.instance() or QApplication([])
     plot = LossPlot()
@@ -121,7 +121,7 @@ def gui_part(registry: PluginRegistry, corpus: Path, work: Path, steps: int) -> 
     from PySide6.QtCore import QElapsedTimer, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from lmstudio_app.gui.loss_plot import LossPlot
+    from lmstudio_app.gui.widgets.loss_plot import LossPlot
     from lmstudio_app.gui.worker import TrainingRunner
 
     app = QApplication.instance() or QApplication([])

@@ -26,10 +26,10 @@ from train_speed import DEFAULT_DATA, common_val_loss, load_split
 
 
 def train_once(preset: Path, overrides: list[str], seed: int, data: Path) -> dict:
-    from lmstudio_app.cli import with_overrides
+    from lmstudio_app.cli.commands import with_overrides
     from lmstudio_app.config import load_preset
     from lmstudio_app.registry import PluginRegistry
-    from lmstudio_app.training import Trainer
+    from lmstudio_app.training.trainer import Trainer
 
     config = load_preset(preset)
     config = with_overrides(config, [f"data.files=[{json.dumps(str(data))}]", "data.val_fraction=0.1",

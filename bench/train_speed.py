@@ -137,7 +137,7 @@ def engine_val_loss(model, tokenizer, val_text: str, device: torch.device) -> fl
 def row_engine(args: argparse.Namespace) -> dict:
     from lmstudio_app.config import config_from_dict
     from lmstudio_app.registry import PluginRegistry
-    from lmstudio_app.training import Trainer
+    from lmstudio_app.training.trainer import Trainer
 
     _, val_text = load_split(args.data)
     config = config_from_dict(classic_config(args.data, args.steps, args.device), "bench")
@@ -158,8 +158,8 @@ def row_engine(args: argparse.Namespace) -> dict:
 
 def row_preset(args: argparse.Namespace) -> dict:
     """Whole-process wall time of `lmstudio train` with the fast CPU preset."""
-    from lmstudio_app.inference import load_run
     from lmstudio_app.registry import PluginRegistry
+    from lmstudio_app.runs.loading import load_run
 
     _, val_text = load_split(args.data)
     with tempfile.TemporaryDirectory() as tmp:

@@ -58,7 +58,7 @@ class Counters:
     def __init__(self) -> None:
         import pyqtgraph as pg
 
-        from lmstudio_app.gui import loss_plot
+        from lmstudio_app.gui.widgets import loss_plot
 
         self.redraw_ms: list[float] = []
         self.paint_ms: list[tuple[int, float]] = []  # (id of the view, ms)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import tomli_w
 
+from .atomic_files import atomic_write_text
 from .errors import ConfigError, ParamError
 from .params import build_params, coerce, param, param_infos, params_to_dict
 
@@ -197,7 +198,7 @@ def load_preset(path: str | Path, base: RunConfig | None = None) -> RunConfig:
     return merge_config(base or RunConfig(), raw, str(p))
 
 
-def validate_plugins(config: RunConfig, registry: "PluginRegistry") -> tuple[Any, Any]:
+def validate_plugins(config: RunConfig, registry: PluginRegistry) -> tuple[Any, Any]:
     """Check that the plugins exist and their params are valid; return the params instances."""
     tok_spec = registry.tokenizer(config.tokenizer.plugin)
     model_spec = registry.model(config.model.plugin)
@@ -210,8 +211,6 @@ def validate_plugins(config: RunConfig, registry: "PluginRegistry") -> tuple[Any
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    from .runs import atomic_write_text  # local import: runs imports config
-
     atomic_write_text(Path(path), config.to_toml())
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import cli
+from .cli import commands as cli
 
 
 def launch_gui(plugins_dirs: Sequence[str]) -> int:

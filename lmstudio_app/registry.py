@@ -195,7 +195,7 @@ class PluginRegistry:
                 continue
             try:
                 plugin = ep.load()
-            except (Exception, SystemExit) as exc:  # noqa: BLE001 - isolate any plugin failure
+            except (Exception, SystemExit) as exc:
                 self.plugins.append(info)
                 self._record(info, exc)
                 continue
@@ -225,7 +225,7 @@ class PluginRegistry:
                 continue
             try:
                 module = _import_plugin_file(entry)
-            except (Exception, SystemExit) as exc:  # noqa: BLE001 - isolate any plugin failure
+            except (Exception, SystemExit) as exc:
                 self.plugins.append(info)
                 self._record(info, exc)
                 continue
@@ -248,7 +248,7 @@ class PluginRegistry:
         pm_name = info.name if self._pm.get_plugin(info.name) is None else f"{info.name}#{next(self._ids)}"
         try:
             self._pm.register(plugin, name=pm_name)
-        except Exception as exc:  # noqa: BLE001 - PluginValidationError (bad signature), ValueError (twice)
+        except Exception as exc:
             hook = re.search(r"for hook '(\w+)'", str(exc))  # pluggy names the offending hook
             function = getattr(plugin, hook.group(1), None) if hook else None
             self._record(info, exc, _hook_location(function) if function else None)
@@ -274,7 +274,7 @@ class PluginRegistry:
                     continue
                 try:
                     result = impl.function()
-                except (Exception, SystemExit) as exc:  # noqa: BLE001 - isolate any plugin failure
+                except (Exception, SystemExit) as exc:
                     self._record(info, exc)
                     continue
                 where = _hook_location(impl.function)

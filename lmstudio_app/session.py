@@ -14,18 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, copy_config, load_config, load_preset, merge_config, validate_plugins
-from .data import FileInfo, TokenizedCorpus, iter_text_chunks, load_corpus_text, tokenize_corpus
-from .errors import Cancelled, ConfigError, LMStudioError, ParamError, PluginCallError
+from .data.corpus import TokenizedCorpus, iter_text_chunks, tokenize_corpus
+from .data.files import FileInfo, load_corpus_text
 from .devices import resolve_device
-from .inference import Predictor, load_predictor
-from .model_preview import ModelPreview, preview_model
+from .errors import Cancelled, ConfigError, LMStudioError, ParamError, PluginCallError
+from .inference.predictor import Predictor, load_predictor
 from .params import build_params, params_to_dict
 from .registry import PluginRegistry
 from .resources import demo_corpus_path, list_presets, preset_path
-from .runs import RunDir
+from .runs.folder import RunDir
 from .settings import disabled_plugins
 from .tokenizer import Tokenizer
-from .training import Trainer
+from .training.model_preview import ModelPreview, preview_model
+from .training.trainer import Trainer
 
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]

@@ -18,6 +18,8 @@ from typing import Any
 
 import platformdirs
 
+from .atomic_files import atomic_write_text
+
 APP_NAME = "lmstudio_app"
 HOME_ENV = "LMSTUDIO_HOME"
 
@@ -72,8 +74,6 @@ def load_settings() -> dict[str, Any]:
 def save_settings(values: dict[str, Any]) -> None:
     """Write all settings atomically (temp file + rename), so a crash never leaves half a file."""
     path = settings_path()
-    from .runs import atomic_write_text  # local: runs reaches settings for the default runs folder
-
     atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 

@@ -36,7 +36,7 @@ class TokenizerSpec:
     name: str
     description: str
     params: type
-    build: Callable[[Any, Callable[[], Iterator[str]], ProgressFn | None], "Tokenizer"]
+    build: Callable[[Any, Callable[[], Iterator[str]], ProgressFn | None], Tokenizer]
     trains_on_corpus: bool = True
 
 
@@ -47,7 +47,7 @@ class ModelSpec:
     name: str
     description: str
     params: type
-    build: Callable[[Any, int], "LanguageModel"]
+    build: Callable[[Any, int], LanguageModel]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class PluginInfo:
     location: str = ""
     provides: dict[str, list[str]] = field(default_factory=dict)  # e.g. {"models": ["gpt"]}
     enabled: bool = True
-    errors: list["PluginError"] = field(default_factory=list)
+    errors: list[PluginError] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,13 @@ in the standard Hugging Face format, loadable by any tool that reads that format
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from .atomic_files import atomic_write_text
 from .errors import TokenizerError
 
 
@@ -76,18 +75,7 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write ``tokenizer.json`` atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tokenizer-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.to_json())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(Path(path), self.to_json())
 
     @classmethod
     def load(cls, path: str | Path, kind: str = "file") -> Tokenizer:
@@ -105,7 +93,7 @@ class Tokenizer:
         try:
             json.loads(text)
             hf = HFTokenizer.from_str(text)
-        except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception subclasses
+        except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise TokenizerError(f"{source}: not a valid tokenizer.json ({first})") from None
         return cls(hf, kind=kind)

@@ -17,8 +17,11 @@ import pytest
 import torch
 from torch import nn
 
-from lmstudio_app import checkpoints
-from lmstudio_app.checkpoints import (
+from lmstudio_app.config import RunConfig
+from lmstudio_app.data.corpus import BatchSampler
+from lmstudio_app.errors import CheckpointError
+from lmstudio_app.runs import checkpoints
+from lmstudio_app.runs.checkpoints import (
     capture_rng,
     latest_checkpoint,
     list_checkpoints,
@@ -26,10 +29,7 @@ from lmstudio_app.checkpoints import (
     restore_rng,
     save_checkpoint,
 )
-from lmstudio_app.config import RunConfig
-from lmstudio_app.data import BatchSampler
-from lmstudio_app.errors import CheckpointError
-from lmstudio_app.runs import RunDir
+from lmstudio_app.runs.folder import RunDir
 
 VOCAB = 11
 
@@ -230,9 +230,9 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time, torch
     from torch import nn
-    from lmstudio_app import checkpoints
+    from lmstudio_app.runs import checkpoints
     from lmstudio_app.config import RunConfig
-    from lmstudio_app.runs import RunDir
+    from lmstudio_app.runs.folder import RunDir
 
     run_path, moment = sys.argv[1], sys.argv[2]
     real_write, real_latest = checkpoints._write_file, checkpoints.atomic_write_text

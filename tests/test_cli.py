@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmstudio_app import cli, launcher
-from lmstudio_app.demo_corpus import generate_demo_corpus
-from lmstudio_app.runs import RunDir
+from lmstudio_app import launcher
+from lmstudio_app.cli import commands as cli
+from lmstudio_app.data.demo_grammar import generate_demo_corpus
+from lmstudio_app.runs.folder import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = """\

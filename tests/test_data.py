@@ -8,23 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lmstudio_builtins.readers import READER_SPECS
-from lmstudio_builtins.tokenizing import CharParams, WordParams, build_char, build_word
 
-from lmstudio_app.data import (
+from lmstudio_app.data.corpus import (
     BatchSampler,
     TokenizedCorpus,
-    collect_files,
-    detect_encoding,
     iter_text_chunks,
-    load_corpus_text,
-    read_text_file,
     split_text,
     token_dtype,
     tokenize_corpus,
 )
+from lmstudio_app.data.files import collect_files, detect_encoding, load_corpus_text, read_text_file
 from lmstudio_app.errors import Cancelled, DataError, ParamError
 from lmstudio_app.tokenizer import Tokenizer
+from lmstudio_builtins.readers import READER_SPECS
+from lmstudio_builtins.tokenizing import CharParams, WordParams, build_char, build_word
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 30
 

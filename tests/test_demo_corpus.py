@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from lmstudio_app.demo_corpus import (
+from lmstudio_app.data.demo_grammar import (
     DEMO_PROMPTS,
     all_sentences,
     generate_demo_corpus,
@@ -111,9 +111,9 @@ def restore_torch_threads():
 @pytest.mark.slow
 def test_a_small_gpt_learns_the_true_next_word_distributions(tmp_path, restore_torch_threads):
     from lmstudio_app.config import load_config
-    from lmstudio_app.inference import Predictor
+    from lmstudio_app.inference.predictor import Predictor
     from lmstudio_app.registry import PluginRegistry
-    from lmstudio_app.training import Trainer
+    from lmstudio_app.training.trainer import Trainer
 
     registry = PluginRegistry.discover(use_user_dir=False)
     config = load_config(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lmstudio_app.cli import resolve_data_files
+from lmstudio_app.cli.commands import resolve_data_files
 from lmstudio_app.config import load_config, load_preset, validate_plugins
 from lmstudio_app.registry import PluginRegistry
 from lmstudio_app.resources import list_presets, preset_path

@@ -11,11 +11,11 @@ import torch
 
 from lmstudio_app.config import config_from_dict
 from lmstudio_app.errors import ExportError
-from lmstudio_app.export_hf import export_run, hf_family
-from lmstudio_app.inference import load_run
 from lmstudio_app.registry import PluginRegistry
-from lmstudio_app.runs import RunDir
-from lmstudio_app.training import Trainer
+from lmstudio_app.runs.export_hf import export_run, hf_family
+from lmstudio_app.runs.folder import RunDir
+from lmstudio_app.runs.loading import load_run
+from lmstudio_app.training.trainer import Trainer
 
 GPT2 = {"positional": "learned", "norm": "layernorm", "mlp": "gelu"}
 LLAMA = {"positional": "rotary", "norm": "rmsnorm", "mlp": "swiglu"}

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from torch import nn
 
 from lmstudio_app.errors import LMStudioError, ParamError
-from lmstudio_app.inference import EmptyPromptError, Predictor, filter_probs, softmax
+from lmstudio_app.inference.predictor import EmptyPromptError, Predictor, filter_probs, softmax
 from lmstudio_app.model_api import LanguageModel
 from lmstudio_app.tokenizer import Tokenizer
 
@@ -219,13 +219,14 @@ def test_unknown_words_are_reported_without_their_space():
 # --- loading a saved run -----------------------------------------------------------------------
 
 def test_load_run_rebuilds_the_trained_model(tmp_path):
-    from lmstudio_app.checkpoints import list_checkpoints
     from lmstudio_app.config import load_config
     from lmstudio_app.errors import CheckpointError
-    from lmstudio_app.inference import load_predictor, load_run
+    from lmstudio_app.inference.predictor import load_predictor
     from lmstudio_app.registry import PluginRegistry
-    from lmstudio_app.runs import RunDir
-    from lmstudio_app.training import Trainer
+    from lmstudio_app.runs.checkpoints import list_checkpoints
+    from lmstudio_app.runs.folder import RunDir
+    from lmstudio_app.runs.loading import load_run
+    from lmstudio_app.training.trainer import Trainer
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("abcab cab bca\n" * 200, encoding="utf-8")

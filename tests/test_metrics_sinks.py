@@ -11,7 +11,8 @@ import pytest
 
 from lmstudio_app.config import RunConfig
 from lmstudio_app.errors import CheckpointError, ExportError, MissingPackageError
-from lmstudio_app.metrics_sinks import (
+from lmstudio_app.runs.folder import RunDir
+from lmstudio_app.runs.metrics_sinks import (
     TENSORBOARD_MISSING,
     TensorBoardSink,
     metrics_columns,
@@ -19,8 +20,7 @@ from lmstudio_app.metrics_sinks import (
     tensorboard_from_metrics,
     write_metrics_csv,
 )
-from lmstudio_app.runs import RunDir
-from lmstudio_app.training import StepMetrics
+from lmstudio_app.training.control import StepMetrics
 
 
 def records(steps=range(10, 60, 10)):

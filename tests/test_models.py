@@ -13,13 +13,13 @@ import pluggy
 import pytest
 import torch
 import torch.nn.functional as F
-from lmstudio_builtins.bigram import BIGRAM_SPEC, BigramParams
-from lmstudio_builtins.gpt import GPT_SPEC, GPTParams
 
 from lmstudio_app import hookspecs
 from lmstudio_app.errors import ParamError
 from lmstudio_app.model_api import LanguageModel
 from lmstudio_app.params import build_params
+from lmstudio_builtins.bigram import BIGRAM_SPEC, BigramParams
+from lmstudio_builtins.gpt import GPT_SPEC, GPTParams
 
 LSTM_PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "lstm_example.py"
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 16, "context_length": 12}

@@ -8,13 +8,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from lmstudio_builtins.bigram import BIGRAM_SPEC, BigramParams
-from lmstudio_builtins.gpt import GPT_SPEC, GPTParams
 from safetensors.torch import load_file, save_file
 
 from lmstudio_app.config import TrainConfig
-from lmstudio_app.optim import Muon, build_optimizers, lr_at, lr_scale, orthogonalize, set_learning_rate
 from lmstudio_app.params import build_params
+from lmstudio_app.training.optimizers import (
+    Muon,
+    build_optimizers,
+    lr_at,
+    lr_scale,
+    orthogonalize,
+    set_learning_rate,
+)
+from lmstudio_builtins.bigram import BIGRAM_SPEC, BigramParams
+from lmstudio_builtins.gpt import GPT_SPEC, GPTParams
 
 CPU = torch.device("cpu")
 

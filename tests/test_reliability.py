@@ -26,12 +26,10 @@ import pytest
 import torch
 from reliability_support import ROOT, SENTENCES, assert_one_line, tiny_config
 
-from lmstudio_app import checkpoints, hookimpl
-from lmstudio_app import corpus as corpus_module
-from lmstudio_app import runs as runs_module
-from lmstudio_app.checkpoints import latest_checkpoint, load_checkpoint
+from lmstudio_app import hookimpl
 from lmstudio_app.config import config_from_dict, load_config
-from lmstudio_app.data import iter_text_chunks, tokenize_corpus
+from lmstudio_app.data import corpus as corpus_module
+from lmstudio_app.data.corpus import iter_text_chunks, tokenize_corpus
 from lmstudio_app.errors import (
     Cancelled,
     CheckpointError,
@@ -41,13 +39,16 @@ from lmstudio_app.errors import (
     TokenizerError,
     TrainingError,
 )
-from lmstudio_app.faults import is_out_of_memory, next_grad_accum, shrink_micro_batches
 from lmstudio_app.params import build_params, param
 from lmstudio_app.registry import PluginRegistry
-from lmstudio_app.runs import RunDir
+from lmstudio_app.runs import checkpoints
+from lmstudio_app.runs import folder as runs_module
+from lmstudio_app.runs.checkpoints import latest_checkpoint, load_checkpoint
+from lmstudio_app.runs.folder import RunDir
 from lmstudio_app.session import Session
 from lmstudio_app.specs import ModelSpec
-from lmstudio_app.training import Trainer
+from lmstudio_app.training.faults import is_out_of_memory, next_grad_accum, shrink_micro_batches
+from lmstudio_app.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +361,7 @@ KILL_TRAINER = textwrap.dedent(
     import sys
     from lmstudio_app.config import config_from_dict
     from lmstudio_app.registry import PluginRegistry
-    from lmstudio_app.training import Trainer
+    from lmstudio_app.training.trainer import Trainer
 
     config = config_from_dict(__import__("json").loads(sys.argv[2]), "test")
     trainer = Trainer(config, PluginRegistry.discover(use_user_dir=False), sys.argv[1])
@@ -400,7 +401,7 @@ def test_kill_9_while_training_resumes_from_the_last_complete_checkpoint(registr
 def test_freeing_a_failed_step_collects_only_where_the_process_lets_it(monkeypatch):
     """The app switches automatic collection off and collects in its GUI thread: the training
     thread must not collect then (that hung the app: Qt objects destroyed outside their thread)."""
-    from lmstudio_app import faults
+    from lmstudio_app.training import faults
 
     collected: list[int] = []
     monkeypatch.setattr(faults.gc, "collect", lambda *args: collected.append(1) or 0)

@@ -13,17 +13,14 @@ import pytest
 import torch
 from reliability_support import ROOT, SENTENCES, assert_one_line, tiny_config
 
-from lmstudio_app.checkpoints import list_checkpoints
-from lmstudio_app.errors import (
-    CheckpointError,
-    ConfigError,
-    TokenizerError,
-)
-from lmstudio_app.inference import load_predictor, load_run
+from lmstudio_app.errors import CheckpointError, ConfigError, TokenizerError
+from lmstudio_app.inference.predictor import load_predictor
 from lmstudio_app.registry import PluginRegistry
-from lmstudio_app.runs import RunDir
+from lmstudio_app.runs.checkpoints import list_checkpoints
+from lmstudio_app.runs.folder import RunDir
+from lmstudio_app.runs.loading import load_run
 from lmstudio_app.session import Session
-from lmstudio_app.training import Trainer
+from lmstudio_app.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

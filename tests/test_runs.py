@@ -8,10 +8,11 @@ import os
 
 import pytest
 
-from lmstudio_app import runs
+from lmstudio_app.atomic_files import atomic_write_bytes, atomic_write_text
 from lmstudio_app.config import RunConfig, config_from_dict
 from lmstudio_app.errors import CheckpointError
-from lmstudio_app.runs import RunDir, atomic_write_bytes, atomic_write_text, new_run_path
+from lmstudio_app.runs import folder as runs
+from lmstudio_app.runs.folder import RunDir, new_run_path
 
 
 @pytest.fixture(autouse=True)

@@ -254,7 +254,7 @@ def test_session_module_never_imports_qt():
 
 
 def test_a_small_model_has_its_step_timed_a_large_one_estimated(session, monkeypatch):
-    from lmstudio_app import model_preview
+    from lmstudio_app.training import model_preview
 
     timed = session.model_preview()
     assert timed.step_time_measured and timed.seconds_per_step > 0
@@ -273,7 +273,7 @@ def test_activations_are_those_of_one_micro_batch(session):
 
 def test_timing_a_step_trains_a_throwaway_copy_in_the_training_precision(session, registry):
     from lmstudio_app.config import validate_plugins
-    from lmstudio_app.model_preview import time_training_step
+    from lmstudio_app.training.model_preview import time_training_step
 
     vocab_size = session.ensure_tokenizer().vocab_size
     _, params = validate_plugins(session.config, registry)

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lmstudio_builtins.tokenizing import TOKENIZER_SPECS
 
 from lmstudio_app.errors import Cancelled, ParamError, TokenizerError
 from lmstudio_app.params import build_params
 from lmstudio_app.tokenizer import Tokenizer
+from lmstudio_builtins.tokenizing import TOKENIZER_SPECS
 
 CORPUS = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"

@@ -14,14 +14,15 @@ import pytest
 import torch
 
 from lmstudio_app import hookimpl
-from lmstudio_app.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
 from lmstudio_app.config import config_from_dict
 from lmstudio_app.errors import CheckpointError, ConfigError, ParamError, PluginCallError, TrainingError
 from lmstudio_app.params import param
 from lmstudio_app.registry import PluginRegistry
-from lmstudio_app.runs import RunDir
+from lmstudio_app.runs.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
+from lmstudio_app.runs.folder import RunDir
 from lmstudio_app.specs import ModelSpec, TokenizerSpec
-from lmstudio_app.training import StepMetrics, Trainer, TrainingControl
+from lmstudio_app.training.control import StepMetrics, TrainingControl
+from lmstudio_app.training.trainer import Trainer
 
 REQUIRED_KEYS = {"step", "elapsed_s", "train_loss", "lr", "tokens_per_s"}
 

@@ -1,4 +1,14 @@
-"""The desktop app: a thin Qt view over the core (``lmstudio_app.session``)."""
+"""The desktop app: a thin Qt view over the core (``lmstudio_app.session``).
+
+Holds: ``app`` (QApplication set-up), ``main_window`` (menus, docks, status bar), ``events``
+(the one adapter that re-delivers the session's events on the GUI thread), ``queries`` (the
+"latest answer wins" background query every panel asks the model through), ``worker`` (the
+thread pool), ``panels/`` and ``widgets/``, and the Qt-only helpers (``dialogs``, ``theme``,
+``export_actions``, ``plugins_dialog``, ``gc_guard``, ``qt_refcounts``).
+
+May import: Qt, pyqtgraph, the session, the CLI's command strings and the whole core. Only the
+launcher imports this package.
+"""
 
 from . import qt_refcounts
 

@@ -4,8 +4,8 @@ What goes beyond the app: a CSV table for a spreadsheet or a paper's plot, a pic
 curves as they are on screen, and the current setup (data files, tokenizer, model, training
 settings) as a config TOML that ``lmstudio train`` runs headless, with the exact ``torchrun``
 command that trains it on several processes or machines (see docs/distributed.md). The work
-is the core's: :func:`~lmstudio_app.metrics_sinks.write_metrics_csv`,
-:func:`~lmstudio_app.config.save_config`, :func:`~lmstudio_app.distributed.torchrun_command`.
+is the core's: :func:`~lmstudio_app.runs.metrics_sinks.write_metrics_csv`,
+:func:`~lmstudio_app.config.save_config`, :func:`~lmstudio_app.training.distributed.torchrun_command`.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from PySide6.QtWidgets import (
 )
 
 from ..config import save_config
-from ..distributed import torchrun_command
 from ..errors import ExportError
-from ..metrics_sinks import write_metrics_csv
-from ..runs import RunDir
+from ..runs.folder import RunDir
+from ..runs.metrics_sinks import write_metrics_csv
 from ..session import Session
-from .loss_plot import LossPlot
+from ..training.distributed import torchrun_command
+from .widgets.loss_plot import LossPlot
 
 DEFAULT_SETUP_NAME = "lmstudio-run.toml"
 

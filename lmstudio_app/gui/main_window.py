@@ -20,18 +20,18 @@ from ..errors import ConfigError, LMStudioError
 from ..resources import resource_path
 from ..session import Session
 from ..settings import load_settings, recent_files, save_settings
-from ..training import StepMetrics
+from ..training.control import StepMetrics
 from . import dialogs, gc_guard
-from .data_panel import DataPanel
 from .events import AppEvents
 from .export_actions import ExportActions
-from .model_panel import ModelPanel
-from .pipeline_view import PipelineView
+from .panels.data import DataPanel
+from .panels.model import ModelPanel
+from .panels.pipeline import PipelineView
+from .panels.predictions import PredictionsPanel
+from .panels.tokenizer import TokenizerPanel
+from .panels.training import TrainingPanel
 from .plugins_dialog import PluginsDialog, open_plugin_folder
-from .predictions_panel import PredictionsPanel
-from .tokenizer_panel import TokenizerPanel
-from .training_panel import TrainingPanel
-from .training_progress import STATUS_INTERVAL_MS
+from .widgets.training_progress import STATUS_INTERVAL_MS
 from .worker import run_in_thread
 
 STATE_VERSION = 1  # bump when the set of docks changes, so an old saved layout is ignored

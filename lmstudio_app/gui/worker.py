@@ -1,7 +1,7 @@
 """Background work: the training loop on its own QThread, and short tasks on a thread pool.
 
 The trainer is Qt-free; :class:`TrainingWorker` only iterates ``trainer.steps()`` and turns
-each :class:`~lmstudio_app.training.StepMetrics` into a queued signal. Pause, resume and stop
+each :class:`~lmstudio_app.training.trainer.StepMetrics` into a queued signal. Pause, resume and stop
 go straight to ``trainer.control`` (plain thread-safe flags), so they work even while the worker
 thread is busy inside a step. The UI touches the live model only through the trainer's lock.
 
@@ -22,7 +22,7 @@ from PySide6.QtCore import QObject, QRunnable, Qt, QThread, QThreadPool, Signal,
 from shiboken6 import isValid
 
 from ..errors import LMStudioError
-from ..training import Trainer
+from ..training.trainer import Trainer
 from .dialogs import describe_exception
 
 T = TypeVar("T")
@@ -53,7 +53,7 @@ class TrainingWorker(QObject):
                 self.step.emit(metrics)
         except LMStudioError as exc:
             self.failed.emit(str(exc), traceback.format_exc())
-        except Exception as exc:  # noqa: BLE001 — a bug must end this run with a dialog, not kill the app
+        except Exception as exc:
             self.failed.emit(describe_exception(exc), traceback.format_exc())
         else:
             self.finished.emit(str(self.trainer.stop_reason or "finished"))
@@ -192,7 +192,7 @@ class BackgroundTask(QRunnable, Generic[T]):
     def run(self) -> None:
         try:
             result = self.fn(self.report, self.is_cancelled)
-        except BaseException as exc:  # noqa: BLE001 — every failure must reach the GUI thread
+        except BaseException as exc:
             self._emit(self.signals.failed, exc, traceback.format_exc())
         else:
             self._emit(self.signals.done, result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmstudio_app.data import TEXT_EXTENSIONS, read_text_file
+from lmstudio_app.data.files import TEXT_EXTENSIONS, read_text_file
 from lmstudio_app.errors import DataError
 from lmstudio_app.specs import CorpusReaderSpec
 

@@ -8,7 +8,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
-from lmstudio_app.gui.data_panel import PREVIEW_CHARS, DataPanel, human_size, suggested_encoding
+from lmstudio_app.gui.panels.data import PREVIEW_CHARS, DataPanel, human_size, suggested_encoding
 
 WAIT_MS = 30_000
 

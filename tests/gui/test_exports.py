@@ -16,7 +16,7 @@ from PySide6.QtWidgets import QFileDialog
 
 from lmstudio_app.config import load_config
 from lmstudio_app.gui.export_actions import SetupDialog, plot_records
-from lmstudio_app.gui.training_panel import IDLE
+from lmstudio_app.gui.panels.training import IDLE
 
 WAIT_MS = 30_000
 

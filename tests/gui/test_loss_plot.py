@@ -10,9 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmstudio_app.gui.loss_plot import (MAX_BINS, MAX_MARKERS, MAX_REDRAW_INTERVAL_MS, REDRAW_BUDGET,
-                                        REDRAW_INTERVAL_MS, LossPlot)
-from lmstudio_app.gui.plot_data import PeakDecimator, SeriesBuffer, ema
+from lmstudio_app.gui.widgets.loss_plot import (
+    MAX_BINS,
+    MAX_MARKERS,
+    MAX_REDRAW_INTERVAL_MS,
+    REDRAW_BUDGET,
+    REDRAW_INTERVAL_MS,
+    LossPlot,
+)
+from lmstudio_app.gui.widgets.plot_data import PeakDecimator, SeriesBuffer, ema
 
 
 def reference_peaks(x: np.ndarray, y: np.ndarray, start: int, stop: int, max_bins: int):

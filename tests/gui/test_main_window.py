@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from lmstudio_app.gui.dialogs import ExceptionHook
 from lmstudio_app.gui.main_window import DOCKS, MainWindow
-from lmstudio_app.gui.training_panel import RUNNING
+from lmstudio_app.gui.panels.training import RUNNING
 from lmstudio_app.resources import demo_corpus_path
 from lmstudio_app.session import Session
 from lmstudio_app.settings import recent_files

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from lmstudio_app.gui.model_panel import PREVIEW_DEBOUNCE_MS, ModelPanel, format_count, format_flops, format_seconds
+from lmstudio_app.gui.panels.model import (
+    PREVIEW_DEBOUNCE_MS,
+    ModelPanel,
+    format_count,
+    format_flops,
+    format_seconds,
+)
 from lmstudio_app.params import build_params
 
 

@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QLin
 
 from lmstudio_app.config import TrainConfig
 from lmstudio_app.errors import ParamError
-from lmstudio_app.gui.param_form import ParamForm
+from lmstudio_app.gui.widgets.param_form import ParamForm
 from lmstudio_app.params import param
 
 
@@ -24,7 +24,7 @@ class FakeModelParams:
     bias: bool = param(True, help="Use bias terms")
     activation: str = param("gelu", choices=("gelu", "relu"))
     name: str = param("tiny")
-    special_tokens: list = param(["<unk>"])  # noqa: RUF009 (param copies list defaults per instance)
+    special_tokens: list = param(["<unk>"])
     vocab_path: str = param("")
     max_vocab: int | None = param(None, min=1, max=100_000)
 

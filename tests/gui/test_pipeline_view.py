@@ -6,9 +6,9 @@ import pytest
 import torch
 from PySide6.QtCore import Qt
 
-from lmstudio_app.gui.pipeline_view import PipelineView
-from lmstudio_app.gui.predictions_panel import NO_MODEL_HINT, PredictionsPanel
-from lmstudio_app.inference import Predictor
+from lmstudio_app.gui.panels.pipeline import PipelineView
+from lmstudio_app.gui.panels.predictions import NO_MODEL_HINT, PredictionsPanel
+from lmstudio_app.inference.predictor import Predictor
 from lmstudio_app.params import build_params
 
 

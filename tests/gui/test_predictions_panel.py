@@ -7,9 +7,15 @@ import pytest
 import torch
 from PySide6.QtCore import Qt
 
-from lmstudio_app.gui.predictions_panel import NO_MODEL_HINT, PredictionsPanel
-from lmstudio_app.gui.probability_chart import COL_ID, COL_LOGIT, COL_PROB, COL_SAMPLE, temperature_to_slider
-from lmstudio_app.inference import Predictor, softmax
+from lmstudio_app.gui.panels.predictions import NO_MODEL_HINT, PredictionsPanel
+from lmstudio_app.gui.widgets.probability_chart import (
+    COL_ID,
+    COL_LOGIT,
+    COL_PROB,
+    COL_SAMPLE,
+    temperature_to_slider,
+)
+from lmstudio_app.inference.predictor import Predictor, softmax
 from lmstudio_app.params import build_params
 
 

@@ -18,19 +18,19 @@ import torch
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QMessageBox, QToolBar
 
-from lmstudio_app import data as data_module
 from lmstudio_app import hookimpl
+from lmstudio_app.data import files as data_module
 from lmstudio_app.gui.app import open_main_window
-from lmstudio_app.gui.data_panel import DataPanel
+from lmstudio_app.gui.panels.data import DataPanel
+from lmstudio_app.gui.panels.predictions import PredictionsPanel
+from lmstudio_app.gui.panels.training import IDLE, TrainingPanel
 from lmstudio_app.gui.plugins_dialog import PluginsDialog
-from lmstudio_app.gui.predictions_panel import PredictionsPanel
-from lmstudio_app.gui.training_panel import IDLE, TrainingPanel
 from lmstudio_app.gui.worker import TrainingRunner
-from lmstudio_app.inference import Predictor
+from lmstudio_app.inference.predictor import Predictor
 from lmstudio_app.params import build_params, param
 from lmstudio_app.registry import PluginRegistry
 from lmstudio_app.specs import ModelSpec, TokenizerSpec
-from lmstudio_app.training import StepMetrics, TrainingControl
+from lmstudio_app.training.control import StepMetrics, TrainingControl
 
 WAIT_MS = 30_000
 TEST_PLUGINS = Path(__file__).resolve().parent.parent / "plugins"

@@ -9,9 +9,9 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QSpinBox
 
 from lmstudio_app.errors import Cancelled
-from lmstudio_app.gui.param_form import ParamForm
-from lmstudio_app.gui.token_chips import TokenChips, visible_text
-from lmstudio_app.gui.tokenizer_panel import TokenizerPanel
+from lmstudio_app.gui.panels.tokenizer import TokenizerPanel
+from lmstudio_app.gui.widgets.param_form import ParamForm
+from lmstudio_app.gui.widgets.token_chips import TokenChips, visible_text
 from lmstudio_app.tokenizer import Token
 
 

@@ -13,10 +13,10 @@ from PySide6.QtCore import Qt, QTimer
 
 from lmstudio_app.devices import available_devices
 from lmstudio_app.errors import Cancelled, TrainingError
-from lmstudio_app.gui.training_panel import IDLE, PAUSED, RUNNING, TrainingPanel
-from lmstudio_app.gui.training_progress import format_duration
+from lmstudio_app.gui.panels.training import IDLE, PAUSED, RUNNING, TrainingPanel
+from lmstudio_app.gui.widgets.training_progress import format_duration
 from lmstudio_app.gui.worker import run_in_thread
-from lmstudio_app.training import StepMetrics, TrainingControl
+from lmstudio_app.training.control import StepMetrics, TrainingControl
 
 WAIT_MS = 30_000  # generous: the CPU is shared with other test runs
 

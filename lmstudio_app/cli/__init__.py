@@ -1,0 +1,9 @@
+"""The headless ``lmstudio`` commands: train, eval, predict, generate, export, plugins.
+
+Holds: ``commands`` (the parser and every command but train), ``train`` (progress lines, Ctrl-C,
+TensorBoard, torchrun ranks; imported only when training since it pulls in torch), ``common``
+(exit codes, the one-line error, config paths and ``--set``).
+
+May import: the whole core (training, inference, runs, data, config, registry, ...). Never the
+session or the GUI: the launcher hands the CLI a function that opens the app.
+"""

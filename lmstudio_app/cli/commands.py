@@ -1,0 +1,254 @@
+"""The ``lmstudio`` command: train, evaluate, probe, sample and export models without the GUI.
+
+``lmstudio`` alone opens the desktop app (launcher.py passes ``main`` the function that starts
+it, so this module never imports Qt). Every failure the user can cause prints one line,
+``lmstudio: error: <message>``, and exits non-zero (2 for usage and config mistakes, 1 for the
+rest, 130 after Ctrl-C); set ``LMSTUDIO_DEBUG=1`` to see tracebacks.
+
+Relative paths in a config's ``[data].files`` are looked up next to the config file first and
+then in the current folder; the run's saved ``config.toml`` holds the absolute paths found.
+Under ``torchrun`` the ``train`` command trains data-parallel (see docs/distributed.md); only
+rank 0 prints progress and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from ..errors import CheckpointError, ConfigError, LMStudioError, ParamError
+from ..registry import PluginRegistry, user_plugin_dir
+from ..runs.folder import RunDir
+from .common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    PROG,
+    UsageError,
+    print_error,
+    resolve_data_files,
+)
+
+# training, inference and checkpoints are imported inside the commands that use them: they pull
+# in torch, which would make `lmstudio --help` take seconds to start.
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line instead of argparse's usage dump
+        sub = self.prog[len(PROG) :].strip()
+        raise UsageError(f"{sub}: {message}" if sub else message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Train a small language model and watch it predict the next token.")
+    parser.add_argument("--plugins-dir", action="append", default=[], metavar="DIR",
+                        help="also load plugins from DIR (repeatable)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a model from a config file")
+    train.add_argument("config", nargs="?", metavar="CONFIG.toml", help="run config (optional with --resume)")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                       help="override a config value, e.g. train.max_steps=500 (repeatable)")
+    train.add_argument("--out", metavar="RUN_DIR", help="new run folder (default: a fresh folder under the runs folder)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--tensorboard", nargs="?", const="", metavar="LOG_DIR",
+                       help="also log to TensorBoard, in LOG_DIR (default: RUN_DIR/tensorboard)")
+
+    ev = sub.add_parser("eval", help="validation loss of a run's latest checkpoint, as JSON")
+    ev.add_argument("run_dir", metavar="RUN_DIR")
+    ev.add_argument("--batches", type=int, metavar="N", help="validation batches (default: the run's eval_batches)")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+
+    predict = sub.add_parser("predict", help="the most likely next tokens after TEXT")
+    predict.add_argument("run_dir", metavar="RUN_DIR")
+    predict.add_argument("text", metavar="TEXT")
+    predict.add_argument("--top-k", type=int, default=10, metavar="K", help="candidates to list (default 10)")
+    predict.add_argument("--temperature", type=float, default=1.0, metavar="T")
+    predict.add_argument("--top-p", type=float, metavar="P", help="nucleus filter shown in the 'sampled' column")
+    predict.add_argument("--json", action="store_true", help="print JSON: tokens and next-token candidates")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+
+    gen = sub.add_parser("generate", help="sample a continuation of PROMPT")
+    gen.add_argument("run_dir", metavar="RUN_DIR")
+    gen.add_argument("prompt", nargs="?", default="", metavar="PROMPT", help="default: start a new line")
+    gen.add_argument("--max-tokens", type=int, default=200, metavar="N")
+    gen.add_argument("--temperature", type=float, default=1.0, metavar="T")
+    gen.add_argument("--top-k", type=int, metavar="K", help="sample only from the K most likely tokens")
+    gen.add_argument("--top-p", type=float, metavar="P", help="sample from the smallest set holding P of the mass")
+    gen.add_argument("--seed", type=int, metavar="S", help="make the sample reproducible")
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+
+    export = sub.add_parser("export", help="write a run's model for other tools (hf: a transformers folder)")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("out_dir", metavar="OUT_DIR", help="a new or empty folder")
+    export.add_argument("--format", dest="fmt", default="hf", metavar="FORMAT",
+                        help="hf = Hugging Face transformers (config.json, model.safetensors, tokenizer); the default")
+    export.add_argument("--checkpoint", metavar="DIR", help="one of the run's checkpoint folders (default: the latest)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds an earlier export")
+
+    plugins = sub.add_parser("plugins", help="list plugins, what they provide and their errors")
+    plugins.add_argument("--verbose", action="store_true", help="show the tracebacks of plugin errors")
+    return parser
+
+
+# --- train ---------------------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace, registry: PluginRegistry) -> int:
+    from .train import train_command  # its own module: progress lines, Ctrl-C, torchrun, TensorBoard
+
+    return train_command(args, registry)
+
+
+# --- eval, predict, generate -----------------------------------------------------------------
+
+def cmd_eval(args: argparse.Namespace, registry: PluginRegistry) -> int:
+    """Validation loss of the latest checkpoint; reads the run folder, writes nothing."""
+    from ..runs.checkpoints import latest_checkpoint, load_checkpoint
+    from ..training.trainer import Trainer
+
+    if args.batches is not None and args.batches < 1:
+        raise UsageError(f"eval: --batches must be at least 1, got {args.batches}")
+    run = RunDir.open(args.run_dir)
+    checkpoint = latest_checkpoint(run)
+    if checkpoint is None:
+        raise CheckpointError(f"{run.path}: no checkpoint yet — train the model first")
+    config = resolve_data_files(run.load_config(), run.path.resolve())
+    config.train.device = args.device
+    # A fresh trainer without a run folder: resuming would rewrite the run's files.
+    trainer = Trainer(config, registry, tokenizer=run.load_tokenizer(), write_run=False)
+    state = load_checkpoint(checkpoint, trainer.model, map_location="cpu")
+    trainer.model.to(trainer.device)
+    batches = args.batches or config.train.eval_batches
+    if trainer.val_split != "val":
+        print("note: too little held-out text; the loss is measured on training text", file=sys.stderr)
+    val_loss = trainer.evaluate(batches=batches, split=trainer.val_split)
+    print(json.dumps({"val_loss": val_loss, "step": int(state["step"]), "batches": batches}))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, registry: PluginRegistry) -> int:
+    from ..inference.predictor import load_predictor
+
+    if args.top_k < 1:
+        raise UsageError(f"predict: --top-k must be at least 1, got {args.top_k}")
+    predictor = load_predictor(args.run_dir, registry, args.device)
+    pred = predictor.next_token(args.text, temperature=args.temperature, top_p=args.top_p, k=args.top_k)
+    if pred.unknown_chars:
+        shown = ", ".join(repr(c) for c in pred.unknown_chars)
+        print(f"note: not in the tokenizer's vocabulary: {shown}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(pred.to_json(), ensure_ascii=False))
+        return 0
+    print("tokens: " + " ".join(f"{t.text!r}:{t.id}" for t in pred.tokens))
+    print(f"next token (temperature {pred.temperature:g}, entropy {pred.entropy:.3f} nats):")
+    header = f"{'rank':>4}  {'id':>6}  {'token':<14} {'logit':>9}  {'prob':>7}"
+    print(header + ("  sampled" if args.top_p is not None else ""))
+    for rank, c in enumerate(pred.candidates, 1):
+        bar = "#" * round(c.prob * 20)
+        sampled = f"  {c.sample_prob:7.2%}" if args.top_p is not None else ""
+        print(f"{rank:>4}  {c.id:>6}  {c.text!r:<14} {c.logit:>9.3f}  {c.prob:7.2%}{sampled}  {bar}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, registry: PluginRegistry) -> int:
+    from ..inference.predictor import load_predictor
+
+    predictor = load_predictor(args.run_dir, registry, args.device)
+    pieces = predictor.generate_iter(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                     top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    first = next(pieces, "")  # validates the settings before anything is printed
+    sys.stdout.write(args.prompt + first)
+    sys.stdout.flush()
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+# --- export --------------------------------------------------------------------------------
+
+def cmd_export(args: argparse.Namespace, registry: PluginRegistry) -> int:
+    from ..runs.export_hf import export_run
+
+    out = export_run(args.run_dir, args.out_dir, registry, args.fmt, checkpoint=args.checkpoint,
+                     overwrite=args.overwrite)
+    print(f"exported {args.run_dir} to {out}; load it with "
+          f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
+
+
+# --- plugins -------------------------------------------------------------------------------
+
+def cmd_plugins(args: argparse.Namespace, registry: PluginRegistry) -> int:
+    rows = [("name", "version", "source", "provides")]
+    for info in registry.plugins:
+        provides = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.provides.items() if names)
+        if not info.enabled:
+            provides = "(disabled)"
+        elif info.errors and not provides:
+            provides = "(failed)"
+        rows.append((info.name, info.version or "-", info.source, provides or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[3])
+    print(f"user plugin folder: {user_plugin_dir()}")
+    if registry.errors:
+        print(f"{len(registry.errors)} plugin error(s):")
+        for err in registry.errors:
+            print(f"  {err.name} ({err.source}): {err.message}")
+            if args.verbose and err.traceback:
+                print("    " + err.traceback.rstrip().replace("\n", "\n    "))
+    return 0
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
+            "generate": cmd_generate, "export": cmd_export, "plugins": cmd_plugins}
+
+
+def main(argv: Sequence[str] | None = None, *, gui: Callable[[list[str]], int] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script passes it to exit).
+
+    Without a command, ``gui(plugins_dirs)`` opens the desktop app (see launcher.py); without
+    ``gui`` that is a usage error.
+    """
+    debug = os.environ.get("LMSTUDIO_DEBUG", "") not in ("", "0")
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            if gui is None:
+                raise UsageError(f"no command given (commands: {', '.join(COMMANDS)})")
+            return gui(list(args.plugins_dir))
+        from ..settings import disabled_plugins
+
+        # The plugins switched off in the app's plugins dialog stay off here too.
+        registry = PluginRegistry.discover(plugins_dirs=args.plugins_dir, disabled=disabled_plugins())
+        return COMMANDS[args.command](args, registry)
+    except SystemExit as exc:  # --help and --version exit through argparse
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        return EXIT_INTERRUPTED
+    except (UsageError, ConfigError, ParamError) as exc:
+        if debug:
+            traceback.print_exc()
+        print_error(str(exc))
+        return EXIT_USAGE
+    except (LMStudioError, FileNotFoundError) as exc:
+        if debug:
+            traceback.print_exc()
+        print_error(str(exc))
+        return EXIT_ERROR
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print_error(f"{type(exc).__name__}: {exc}")
+        print("(run with LMSTUDIO_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,322 @@
+"""Token arrays: the corpus string → compact train/val token IDs → random training batches.
+
+Tokenizing reads the corpus string chunk by chunk in place (the train and validation parts are
+never copied out of it) into a ``uint16``/``uint32`` array whose size is estimated from the first
+chunks' tokens per character, so peak memory stays near the final array's size: never a Python
+list of all the IDs, never a doubled array. With ``memmap_dir`` a large part spills to a
+memory-mapped file instead. Sampling draws random windows from the token array with a seeded
+generator whose state is saved in checkpoints, so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled, DataError, ParamError, TokenizerError
+from ..tokenizer import Tokenizer
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned type that holds every token ID: uint16 up to 65,536 tokens."""
+    if vocab_size <= 0:
+        raise DataError(f"vocabulary size {vocab_size}: a tokenizer needs at least one token")
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    if vocab_size <= 1 << 32:
+        return np.dtype(np.uint32)
+    raise DataError(f"vocabulary size {vocab_size:,} is too large (at most {1 << 32:,} token IDs)")
+
+
+class _TokenBuffer:
+    """A growable token array that spills to a memory-mapped file when large.
+
+    Growing resizes in place (``realloc``: no second copy alongside the first) and
+    :meth:`expect` sizes it once to the estimated total, so it is rarely regrown; every write
+    is checked against the vocabulary, so a tokenizer emitting an ID the model cannot embed is
+    caught here rather than as an index error in the middle of training.
+    """
+
+    def __init__(self, dtype: np.dtype, vocab_size: int, spill_path: Path | None, spill_threshold: int,
+                 initial: int) -> None:
+        self.dtype = dtype
+        self.vocab_size = vocab_size
+        self.spill_path = spill_path
+        self.spill_threshold = spill_threshold
+        self.array: np.ndarray = np.empty(max(initial, 16), dtype)
+        self.size = 0
+        self.mapped = False  # stays True once spilled, so discard() knows there is a file
+
+    def expect(self, total: int) -> None:
+        """Make room for about ``total`` tokens in one step (an estimate; extend still grows)."""
+        if total > len(self.array):
+            self._grow(total)
+
+    def extend(self, ids: Sequence[int]) -> None:
+        n = len(ids)
+        if self.size + n > len(self.array):
+            self._grow(max(self.size + n, len(self.array) + len(self.array) // 2))
+        segment = self.array[self.size : self.size + n]
+        try:
+            segment[:] = ids
+            out_of_range = n > 0 and int(segment.max()) >= self.vocab_size
+        except OverflowError:  # NumPy refuses an ID that does not fit the dtype (or is negative)
+            out_of_range = True
+        del segment  # no view may outlive a write: the next grow may move the array
+        if out_of_range:
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise TokenizerError(
+                f"the tokenizer produced token ID {bad:,} but its vocabulary has {self.vocab_size:,} IDs "
+                "(0 to vocab_size - 1); its tokenizer.json is inconsistent — rebuild the tokenizer"
+            )
+        self.size += n
+
+    def _grow(self, capacity: int) -> None:
+        if self.mapped:
+            self._remap(capacity)
+        elif self.spill_path is not None and capacity > self.spill_threshold:
+            self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+            mapped = np.memmap(self.spill_path, self.dtype, mode="w+", shape=(capacity,))
+            mapped[: self.size] = self.array[: self.size]
+            self.array, self.mapped = mapped, True
+        else:
+            self.array.resize(capacity, refcheck=False)  # we hold no other view of it
+
+    def _remap(self, capacity: int, mode: str = "r+") -> None:
+        """Resize the spill file and map it again (a memmap cannot grow in place)."""
+        assert self.spill_path is not None
+        if isinstance(self.array, np.memmap):
+            self.array.flush()
+        self.array = np.empty(0, self.dtype)  # drops the old mapping before the resize
+        os.truncate(self.spill_path, capacity * self.dtype.itemsize)
+        if capacity:
+            self.array = np.memmap(self.spill_path, self.dtype, mode=mode, shape=(capacity,))
+
+    def finish(self) -> np.ndarray:
+        """The tokens written: the array trimmed in place, or the file mapped again read-only."""
+        if not self.mapped:
+            self.array.resize(self.size, refcheck=False)
+            return self.array
+        self._remap(self.size, mode="r")
+        return self.array
+
+    def discard(self) -> None:
+        """Drop the spill file (after an error or a cancel)."""
+        self.array = np.empty(0, self.dtype)
+        if self.mapped and self.spill_path is not None:
+            self.spill_path.unlink(missing_ok=True)
+
+
+@dataclass
+class TokenizedCorpus:
+    """The corpus as token IDs, split into a training and a validation part."""
+
+    train: np.ndarray  # (N_train,) uint16/uint32; an np.memmap for very large corpora
+    val: np.ndarray  # (N_val,) same dtype; empty when val_fraction is 0
+    vocab_size: int
+    n_chars: int  # characters of the text that was tokenized (both parts)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(len(self.train) + len(self.val))
+
+    @property
+    def chars_per_token(self) -> float:
+        """Compression: how many characters one token covers on average."""
+        return self.n_chars / self.n_tokens if self.n_tokens else 0.0
+
+
+def iter_text_chunks(text: str, chunk_chars: int = 1 << 20, start: int = 0, end: int | None = None) -> Iterator[str]:
+    """Pieces of ``text[start:end]`` of about ``chunk_chars`` characters, cut where tokenizing
+    cannot be affected (only the pieces are copied, never the whole range).
+
+    The preferred cut is after a lone newline between two non-space characters (word and
+    GPT-2-style pre-tokenizers split there anyway); failing that, before a single space
+    between two non-space characters; failing that, anywhere.
+    """
+    if chunk_chars < 2:
+        raise ParamError(f"chunk_chars: {chunk_chars} is below the minimum 2")
+    n = len(text) if end is None else min(end, len(text))
+    while n - start > chunk_chars:
+        lo, hi = start + chunk_chars // 2, start + chunk_chars
+        cut = _find_cut(text, lo, hi, n, "\n", after=True) or _find_cut(text, lo, hi, n, " ", after=False) or hi
+        yield text[start:cut]
+        start = cut
+    if start < n:
+        yield text[start:n]
+
+
+def _find_cut(text: str, lo: int, hi: int, end: int, sep: str, after: bool) -> int | None:
+    """The last index in [lo, hi) of ``sep`` with non-space characters on both sides (before ``end``)."""
+    pos = text.rfind(sep, lo, hi)
+    while pos > 0:
+        if pos + 1 < end and not text[pos - 1].isspace() and not text[pos + 1].isspace():
+            return pos + 1 if after else pos
+        pos = text.rfind(sep, lo, pos)
+    return None
+
+
+def split_ranges(n_chars: int, val_fraction: float, val_split: str = "end") -> tuple[range, range]:
+    """(train, val) character ranges: with "end" the last ``val_fraction`` validates.
+
+    The cut is exact, at character ``int(n_chars * (1 - val_fraction))`` (the usual
+    convention, so numbers compare with published character-level benchmarks).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ParamError(f"data.val_fraction: {val_fraction} must be at least 0 and below 1")
+    if val_split == "end":
+        cut = int(n_chars * (1.0 - val_fraction))
+        return range(cut), range(cut, n_chars)
+    if val_split == "start":
+        cut = int(n_chars * val_fraction)
+        return range(cut, n_chars), range(cut)
+    raise ParamError(f"data.val_split: {val_split!r} is not one of 'end', 'start'")
+
+
+def split_text(text: str, val_fraction: float, val_split: str = "end") -> tuple[str, str]:
+    """(train, val) texts by characters (see :func:`split_ranges`)."""
+    train, val = split_ranges(len(text), val_fraction, val_split)
+    return text[train.start : train.stop], text[val.start : val.stop]
+
+
+_ENCODE_CHUNK_CHARS = 1 << 16  # small enough for smooth progress and little transient memory
+_CHUNKS_PER_BATCH = 8  # encode_batch runs these in parallel in the Rust library
+_ESTIMATE_SLACK = 1.02  # over-allocate the estimated size a little rather than grow at the end
+
+
+def tokenize_corpus(
+    tokenizer: Tokenizer,
+    text: str,
+    val_fraction: float = 0.1,
+    val_split: str = "end",
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    memmap_dir: str | Path | None = None,
+    memmap_threshold_tokens: int = 50_000_000,
+) -> TokenizedCorpus:
+    """Split ``text`` and encode both parts into compact token arrays.
+
+    ``progress(chars_done, chars_total)`` follows the encoding; ``cancel()`` is checked between
+    batches of chunks and raises :class:`Cancelled`. A part growing past
+    ``memmap_threshold_tokens`` is spilled to ``<memmap_dir>/{train,val}.bin`` when a folder is
+    given, so huge corpora need little memory.
+    """
+    if not text:
+        raise DataError("the corpus is empty; add some text")
+    vocab_size = tokenizer.vocab_size
+    dtype = token_dtype(vocab_size)
+    ranges = split_ranges(len(text), val_fraction, val_split)
+    total, done = len(text), 0
+    tokens_per_char: float | None = None  # measured on the first batch, used to size the arrays
+    if progress is not None:
+        progress(0, total)
+    parts: dict[str, np.ndarray] = {}
+    buffers: list[_TokenBuffer] = []
+    try:
+        for name, span in zip(("train", "val"), ranges):
+            spill = Path(memmap_dir) / f"{name}.bin" if memmap_dir is not None else None
+            guess = len(span) if tokens_per_char is None else int(len(span) * tokens_per_char * _ESTIMATE_SLACK)
+            buffer = _TokenBuffer(dtype, vocab_size, spill, memmap_threshold_tokens, min(guess, 1 << 16) + 16)
+            buffers.append(buffer)
+            if tokens_per_char is not None:
+                buffer.expect(guess + 1024)
+            chunks = iter_text_chunks(text, _ENCODE_CHUNK_CHARS, span.start, span.stop)
+            while batch := [c for _, c in zip(range(_CHUNKS_PER_BATCH), chunks)]:
+                _check_cancel(cancel)
+                for ids in tokenizer.encode_batch(batch):
+                    buffer.extend(ids)
+                chars = sum(len(c) for c in batch)
+                if tokens_per_char is None:
+                    tokens_per_char = buffer.size / chars
+                    buffer.expect(int(len(span) * tokens_per_char * _ESTIMATE_SLACK) + 1024)
+                done += chars
+                if progress is not None:
+                    progress(done, total)
+            parts[name] = buffer.finish()
+    except BaseException:
+        parts.clear()  # release finished memmaps before their files go
+        for buffer in buffers:
+            buffer.discard()
+        raise
+    finally:
+        release_freed_memory()
+    return TokenizedCorpus(train=parts["train"], val=parts["val"], vocab_size=vocab_size, n_chars=len(text))
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by the tokenizer's worker threads back to the system.
+
+    glibc keeps freed blocks in per-thread arenas, so without this a process that tokenized a
+    big corpus stays hundreds of MB larger than what it still uses. Elsewhere: nothing to do.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _check_cancel(cancel: Callable[[], bool] | None) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled("tokenizing cancelled")
+
+
+class BatchSampler:
+    """Random (input, target) windows from a token array, reproducible from a seed."""
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        context_length: int,
+        seed: int,
+        device: torch.device | str = "cpu",
+        split: str = "train",
+    ) -> None:
+        if len(tokens) <= context_length:
+            hint = "add text, raise data.val_fraction" if split == "val" else "add text"
+            raise DataError(
+                f"the {split} split has {len(tokens)} tokens, fewer than the context length "
+                f"{context_length} + 1; {hint} or lower model.context_length"
+            )
+        self.batch_size = batch_size
+        self.context_length = context_length
+        self.split = split
+        self.device = torch.device(device)
+        self._tokens = tokens
+        self._window = np.arange(context_length + 1)  # (T+1,)
+        self._generator = torch.Generator().manual_seed(seed)
+        self._pin = self.device.type == "cuda"
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, y as int64 (B, T) on the device; y[:, t] is the token after x[:, t]."""
+        high = len(self._tokens) - self.context_length  # last valid start + 1
+        starts = torch.randint(high, (self.batch_size,), generator=self._generator)  # (B,)
+        # NumPy fancy indexing: tens of microseconds, works on memmaps (only touched pages are
+        # read), and is far faster on CPU than torch's advanced indexing for this shape.
+        index = starts.numpy()[:, None] + self._window[None, :]  # (B, T+1)
+        windows = torch.from_numpy(self._tokens[index].astype(np.int64))
+        x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T) each
+        if self.device.type == "cpu":
+            return x, y
+        if self._pin:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(self.device, non_blocking=self._pin), y.to(self.device, non_blocking=self._pin)
+
+    def get_state(self) -> torch.Tensor:
+        """The random generator's state (a uint8 tensor) for a checkpoint."""
+        return self._generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        """Restore a state from :meth:`get_state`, so a resumed run draws the same batches."""
+        try:
+            self._generator.set_state(state.detach().to("cpu", torch.uint8))
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{self.split} batch sampler: the saved random state does not fit ({first})") from None

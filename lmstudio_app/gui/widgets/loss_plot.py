@@ -1,0 +1,349 @@
+"""Live loss curves whose redraw costs the same at a thousand points or a million.
+
+Incoming metrics only go into numpy buffers (amortised O(1) appends, the smoothed curve's EMA
+updated incrementally); a timer redraws, only when something changed and the plot is on
+screen, up to 15 times a second but never taking more than 5% of the GUI thread (a training
+thread shares the interpreter with it, so plot time is training time). A redraw hands each curve at most a few thousand points: min/max ("peak")
+decimation over the visible steps, from per-level caches that only the new points extend
+(:mod:`.plot_data`), so spikes stay visible and pyqtgraph never sees the full buffers.
+The axes render into cached pixmaps and, while training, the step axis spans the whole run
+from the start, so a new point repaints the curves without re-laying out the ticks and grid.
+Buffers are capped: past the cap the older half is thinned 2:1, so memory stays flat in long
+runs and recent steps keep full detail.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QPaintEvent, QShowEvent
+from PySide6.QtWidgets import QCheckBox, QGraphicsItem, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+
+from .. import theme
+from .plot_data import DEFAULT_MAX_POINTS, PeakDecimator, SeriesBuffer, ema
+
+REDRAW_INTERVAL_MS = 66  # ~15 Hz at most: fluid to the eye
+MAX_REDRAW_INTERVAL_MS = 1000  # and at least 1 Hz, however slow the machine
+# Share of wall time that redrawing the plot may take. Painting holds the GIL (pyqtgraph paints
+# in Python, PySide6 keeps the GIL through Qt calls), so this is also what it may cost training:
+# a ~8 ms frame is then redrawn about once a second, a 2 ms one five times.
+REDRAW_BUDGET = 0.01
+MAX_BINS = 1500  # per curve: 2 points a bin, about two per pixel of a wide plot
+MAX_MARKERS = 300  # validation points drawn with a marker each; more are drawn as a line
+RANGE_HEADROOM = 0.05  # an auto-ranged axis leaves this share of the data's span free on each side
+RANGE_SHRINK_BELOW = 0.5  # ... and only shrinks when the data fills less than this share of it
+
+
+class _TimedPlotWidget(pg.PlotWidget):
+    """A PlotWidget that remembers how long its last paint took (for the redraw budget)."""
+
+    paint_s = 0.0
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        started = time.perf_counter()
+        super().paintEvent(event)
+        self.paint_s = time.perf_counter() - started
+
+
+class StickyViewBox(pg.ViewBox):
+    """A ViewBox whose auto-range moves in steps instead of following every new point.
+
+    Re-ranging an axis re-lays out its ticks, labels and grid: the costliest part of a paint.
+    Plain auto-range does it whenever the loss reaches a new low; here an auto-ranged axis keeps
+    its range while the data still fits it and fills at least half of it, and when it has to
+    move it leaves some headroom. A range set any other way (zoom, pan) is left alone, and the
+    "A" button still fits the data at once. ``from_zero``: the y range starts at 0 (losses and
+    learning rates are never negative; on a linear axis the range then only changes when a
+    new high arrives, which during training is rare).
+    """
+
+    def __init__(self, *args: object, from_zero: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.from_zero = from_zero
+        self._auto_ranges: list[tuple[float, float] | None] = [None, None]  # what auto-range set last
+
+    def setRange(self, rect: object = None, xRange: object = None, yRange: object = None,
+                 padding: float | None = None, update: bool = True, disableAutoRange: bool = True) -> None:
+        if not disableAutoRange:  # only ViewBox.updateAutoRange asks this way
+            current = self.viewRange()
+            xRange = self._sticky(self.XAxis, current[0], xRange)
+            yRange = self._sticky(self.YAxis, current[1], yRange)
+            if xRange is None and yRange is None:
+                return
+        super().setRange(rect, xRange, yRange, padding, update, disableAutoRange)
+        if not disableAutoRange:
+            for axis, asked in ((self.XAxis, xRange), (self.YAxis, yRange)):
+                if asked is not None:
+                    self._auto_ranges[axis] = tuple(self.viewRange()[axis])
+
+    def enableAutoRange(self, axis: object = None, enable: bool | float = True, x: object = None,
+                        y: object = None) -> None:
+        before = list(self.state["autoRange"])
+        super().enableAutoRange(axis, enable, x, y)
+        for index in (self.XAxis, self.YAxis):
+            if self.state["autoRange"][index] and not before[index]:  # switched on, e.g. by "A"
+                self._auto_ranges[index] = None  # fit the data exactly, once
+
+    def refit(self) -> None:
+        """Follow the data again on both axes, starting with an exact fit (a new run)."""
+        self._auto_ranges = [None, None]
+        self.enableAutoRange()
+
+    def _sticky(self, axis: int, current: list[float], target: object) -> tuple[float, float] | None:
+        """The range to set for ``target`` (the data's padded bounds), or None to keep ``current``."""
+        if target is None:
+            return None
+        low, high = (float(v) for v in target)  # type: ignore[union-attr]
+        if axis == self.YAxis and self.from_zero and not self.state["logMode"][axis] and low > 0:
+            low = 0.0
+        span, shown = high - low, current[1] - current[0]
+        if (self._auto_ranges[axis] == tuple(current) and current[0] <= low and high <= current[1]
+                and span >= RANGE_SHRINK_BELOW * shown):
+            return None
+        if self._auto_ranges[axis] is None:
+            return low, high
+        return low - span * RANGE_HEADROOM, high + span * RANGE_HEADROOM
+
+
+class _DecimatedCurve:
+    """One buffer drawn by one curve, through a decimator that follows the buffer's changes.
+
+    ``symbol``: markers on the points while at most :data:`MAX_MARKERS` are drawn (beyond,
+    they merge into a smudge and pyqtgraph spends ~0.1 ms on each): then the line alone.
+    """
+
+    def __init__(self, buffer: SeriesBuffer, curve: pg.PlotDataItem, symbol: str | None = None) -> None:
+        self.buffer = buffer
+        self.curve = curve
+        self.symbol = symbol
+        self.decimator = PeakDecimator(MAX_BINS)
+        self._version = buffer.version
+
+    def draw(self, x_min: float | None, x_max: float | None) -> None:
+        if self.buffer.version != self._version:
+            self.decimator.reset()
+            self._version = self.buffer.version
+        x, y = self.decimator.decimate(self.buffer.x, self.buffer.y, x_min, x_max)
+        if self.symbol is not None:
+            symbol = self.symbol if len(x) <= MAX_MARKERS else None
+            if self.curve.opts["symbol"] != symbol:
+                self.curve.setSymbol(symbol)
+        self.curve.setData(x, y)
+
+
+class LossPlot(QWidget):
+    """Train loss (raw + smoothed), validation loss markers and the learning rate (right axis)."""
+
+    def __init__(self, parent: QWidget | None = None, max_points: int = DEFAULT_MAX_POINTS) -> None:
+        super().__init__(parent)
+        self.train = SeriesBuffer(max_points)
+        self.val = SeriesBuffer(max_points)
+        self.lr = SeriesBuffer(max_points)
+        self.smoothing = 0.6
+        self._pending_smoothing: float | None = None  # from the slider, applied at the next redraw
+        self._ema_state = 0.0  # un-debiased running EMA of the train loss, for incremental updates
+        self._ema_count = 0
+        self.smoothed = SeriesBuffer(max_points)
+        self._dirty = False
+        self._frame_cost_s = 0.0  # smoothed cost of one redraw + paint, sets the redraw interval
+        self._drawn_steps: tuple[float | None, float | None] = (None, None)  # the range last decimated
+        self.redraw_count = 0  # redraws that pushed data to the curves (for tests and benchmarks)
+
+        palette = theme.apply_theme()
+        self.loss_view = StickyViewBox(from_zero=True)
+        self.plot_widget = _TimedPlotWidget(viewBox=self.loss_view)
+        self.plot_item = self.plot_widget.getPlotItem()
+        self.plot_item.setLabel("bottom", "step")
+        self.plot_item.setLabel("left", "loss")
+        self.plot_item.addLegend(offset=(-10, 10))
+        self.train_raw_curve = self.plot_item.plot(name="train (raw)")
+        self.train_curve = self.plot_item.plot(name="train")
+        self.val_curve = self.plot_item.plot(name="validation", symbol="o", symbolSize=6)
+
+        # The learning rate lives on its own y axis: a second ViewBox sharing the x axis.
+        self.lr_view = StickyViewBox(from_zero=True)
+        self.plot_item.showAxis("right")
+        self.plot_item.scene().addItem(self.lr_view)
+        self.plot_item.getAxis("right").linkToView(self.lr_view)
+        self.plot_item.getAxis("right").setLabel("learning rate")
+        # Tick labels in plain numbers: an SI scale factor would put "(x0.001)" into the label,
+        # which then no longer fits the axis.
+        self.plot_item.getAxis("right").enableAutoSIPrefix(False)
+        self.lr_view.setXLink(self.plot_item)
+        self.lr_curve = pg.PlotDataItem(name="learning rate")
+        self.lr_view.addItem(self.lr_curve)
+        self.plot_item.legend.addItem(self.lr_curve, "learning rate")
+        self.plot_item.vb.sigResized.connect(self._sync_lr_view)
+        # Tick labels may widen an axis but never narrow it again: otherwise the right axis can
+        # flip between two widths at every redraw, and each flip resizes the view (a full repaint).
+        for name in ("left", "right"):
+            self.plot_item.getAxis(name).setStyle(autoReduceTextSpace=False)
+        # Ticks, labels and grid lines are the costly part of a paint; as pixmaps they are only
+        # re-rendered when their axis range changes, not whenever a curve moves over them.
+        for item in (*(self.plot_item.getAxis(name) for name in ("left", "bottom", "right")), self.plot_item.legend):
+            item.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+        self._curves = [_DecimatedCurve(self.train, self.train_raw_curve),
+                        _DecimatedCurve(self.smoothed, self.train_curve),
+                        _DecimatedCurve(self.val, self.val_curve, symbol="o"),
+                        _DecimatedCurve(self.lr, self.lr_curve)]
+        self._set_skip_finite_check(True)
+        self._apply_palette(palette)
+        theme.on_scheme_changed(self, lambda: self._apply_palette(theme.plot_palette()))
+
+        self.smoothing_slider = QSlider(Qt.Orientation.Horizontal)
+        self.smoothing_slider.setObjectName("smoothingSlider")
+        self.smoothing_slider.setRange(0, 99)
+        self.smoothing_slider.setValue(round(self.smoothing * 100))
+        self.smoothing_slider.setToolTip("Exponential moving average of the training loss (0 = raw)")
+        self.smoothing_slider.valueChanged.connect(self._on_smoothing_slider)
+        self.smoothing_label = QLabel(f"{self.smoothing:.2f}")
+        self.log_checkbox = QCheckBox("Log scale")
+        self.log_checkbox.setObjectName("logScale")
+        self.log_checkbox.toggled.connect(self.set_log_y)
+
+        controls = QHBoxLayout()
+        controls.addWidget(QLabel("Smoothing"))
+        controls.addWidget(self.smoothing_slider, 1)
+        controls.addWidget(self.smoothing_label)
+        controls.addWidget(self.log_checkbox)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot_widget, 1)
+        layout.addLayout(controls)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(REDRAW_INTERVAL_MS)
+        self._timer.timeout.connect(self.redraw)
+        self._timer.start()
+        # Zooming or panning by hand re-decimates the new range promptly, whatever the pace of
+        # redraws for arriving data.
+        self._view_timer = QTimer(self, singleShot=True, interval=REDRAW_INTERVAL_MS)
+        self._view_timer.timeout.connect(self.redraw)
+        self.plot_item.vb.sigRangeChangedManually.connect(self._view_timer.start)
+
+    # ---- data in --------------------------------------------------------------------------
+
+    def add_point(self, step: float, train_loss: float | None, lr: float | None = None,
+                  val_loss: float | None = None) -> None:
+        """Buffer one step's numbers; nothing is drawn until the next timer tick."""
+        if train_loss is not None and np.isfinite(train_loss):
+            self.train.append(step, train_loss)
+            a = self.smoothing
+            self._ema_state = a * self._ema_state + (1.0 - a) * train_loss
+            self._ema_count += 1
+            debias = 1.0 - a**self._ema_count if a > 0 else 1.0
+            self.smoothed.append(step, self._ema_state / debias)
+        if lr is not None and np.isfinite(lr):
+            self.lr.append(step, lr)
+        if val_loss is not None and np.isfinite(val_loss):
+            self.val.append(step, val_loss)
+        self._dirty = True
+
+    def add_metrics(self, metrics: object) -> None:
+        """Take a StepMetrics (step, train_loss, lr, val_loss)."""
+        self.add_point(metrics.step, metrics.train_loss, metrics.lr, metrics.val_loss)  # type: ignore[attr-defined]
+
+    def clear(self) -> None:
+        """Forget every point; the step axis follows the data again (see :meth:`set_step_range`)."""
+        for buffer in (self.train, self.smoothed, self.val, self.lr):
+            buffer.clear()
+        self._ema_state, self._ema_count = 0.0, 0
+        self.loss_view.refit()
+        self.lr_view.refit()
+        self._dirty = True
+        self.redraw()
+
+    def set_step_range(self, last_step: int) -> None:
+        """Fix the step axis to 0..``last_step`` (a run's max steps): the curve fills it as it
+        trains, and the axis is not re-laid out at every new point. The "A" button undoes it."""
+        self.plot_item.setXRange(0, max(int(last_step), 1), padding=0.01)
+
+    # ---- view options ---------------------------------------------------------------------
+
+    def set_smoothing(self, smoothing: float) -> None:
+        """Recompute the smoothed curve over every buffered point (vectorised: fast at 1M)."""
+        self._pending_smoothing = None
+        self.smoothing = min(max(float(smoothing), 0.0), 0.99)
+        self.smoothing_label.setText(f"{self.smoothing:.2f}")
+        smoothed = ema(self.train.y, self.smoothing)
+        self.smoothed.replace(self.train.x, smoothed)
+        if self.train.size:
+            # Restart the incremental EMA where the vectorised one ended (un-debiased form).
+            self._ema_count = self.train.size
+            debias = 1.0 - self.smoothing**self._ema_count if self.smoothing > 0 else 1.0
+            self._ema_state = float(smoothed[-1]) * debias
+        self._dirty = True
+
+    def _on_smoothing_slider(self, value: int) -> None:
+        """Dragging sends many values: show each, recompute once per redraw with the latest."""
+        self._pending_smoothing = value / 100
+        self.smoothing_label.setText(f"{self._pending_smoothing:.2f}")
+        self._dirty = True
+
+    def set_log_y(self, on: bool) -> None:
+        self.plot_item.setLogMode(x=False, y=bool(on))
+        self._set_skip_finite_check(not on)  # log10 of a zero loss is -inf: let pyqtgraph check
+        if self.log_checkbox.isChecked() != bool(on):
+            self.log_checkbox.setChecked(bool(on))
+        self._dirty = True
+
+    def _set_skip_finite_check(self, skip: bool) -> None:
+        """Only finite values are buffered, so pyqtgraph's own pass over them can be skipped."""
+        for drawn in self._curves:
+            drawn.curve.setSkipFiniteCheck(skip)
+
+    # ---- drawing --------------------------------------------------------------------------
+
+    def redraw(self) -> None:
+        """Push the buffers to the curves, if anything changed and the plot is on screen."""
+        if self._pending_smoothing is not None:
+            self.set_smoothing(self._pending_smoothing)
+        steps = self._visible_steps()  # zoomed or panned: decimate the new slice
+        if not (self._dirty or steps != self._drawn_steps) or not self.isVisible():
+            return  # a hidden plot catches up in showEvent
+        self._dirty = False
+        self._drawn_steps = steps
+        self.redraw_count += 1
+        started = time.perf_counter()
+        for drawn in self._curves:
+            drawn.draw(*steps)
+        self._pace(time.perf_counter() - started + self.plot_widget.paint_s)
+
+    def _pace(self, frame_s: float) -> None:
+        """Space redraws so that they (and the paint each causes) stay within the budget."""
+        self._frame_cost_s = frame_s if self._frame_cost_s == 0 else 0.7 * self._frame_cost_s + 0.3 * frame_s
+        interval = round(1000 * self._frame_cost_s / REDRAW_BUDGET)
+        self._timer.setInterval(min(max(interval, REDRAW_INTERVAL_MS), MAX_REDRAW_INTERVAL_MS))
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self.redraw()
+
+    def _visible_steps(self) -> tuple[float | None, float | None]:
+        """The step range on screen; (None, None) while the axis follows the data (all of it)."""
+        view = self.plot_item.vb
+        if view.state["autoRange"][view.XAxis]:
+            return None, None
+        x_min, x_max = view.viewRange()[0]
+        return float(x_min), float(x_max)
+
+    def _sync_lr_view(self) -> None:
+        self.lr_view.setGeometry(self.plot_item.vb.sceneBoundingRect())
+        self.lr_view.linkedViewChanged(self.plot_item.vb, self.lr_view.XAxis)
+
+    def _apply_palette(self, palette: theme.PlotPalette) -> None:
+        self.plot_widget.setBackground(palette.background)
+        for name in ("left", "bottom", "right"):
+            axis = self.plot_item.getAxis(name)
+            axis.setPen(pg.mkPen(palette.foreground))
+            axis.setTextPen(pg.mkPen(palette.foreground))
+        self.plot_item.showGrid(x=True, y=True, alpha=palette.grid_alpha)
+        self.train_raw_curve.setPen(pg.mkPen(palette.train_raw, width=1))
+        self.train_curve.setPen(pg.mkPen(palette.train, width=1))
+        self.val_curve.setPen(pg.mkPen(palette.val, width=1))
+        self.val_curve.setSymbolBrush(pg.mkBrush(palette.val))
+        self.val_curve.setSymbolPen(pg.mkPen(palette.val))
+        self.lr_curve.setPen(pg.mkPen(palette.lr, width=1, style=Qt.PenStyle.DashLine))

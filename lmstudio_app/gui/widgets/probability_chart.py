@@ -1,0 +1,261 @@
+"""The next-token distribution: a ranked table, a bar chart and the controls that reshape it.
+
+The table holds the exact floats of :class:`~lmstudio_app.inference.predictor.Candidate` in
+``Qt.UserRole`` (the text is only their rounding), so what a test or a person reads is what the
+core computed. The chart draws two bars per candidate: the softmax probability at the chosen
+temperature (wide) and, inside it, what sampling uses after top-k / top-p filtering (narrow).
+Candidates cut by the filters keep their wide bar but no inner one, so the effect of
+top-k/top-p is visible at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pyqtgraph as pg
+from PySide6.QtCore import QModelIndex, QPointF, QRect, Qt, Signal
+from PySide6.QtGui import QColor, QPainter
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QSlider,
+    QSpinBox,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lmstudio_app.inference.predictor import Candidate
+
+from .token_chips import visible_text
+
+_PROB_BRUSH = (90, 140, 230, 200)
+_SAMPLE_BRUSH = (240, 150, 50, 230)
+_MAX_LABEL_CHARS = 8
+
+
+class ProbabilityChart(QWidget):
+    """Bars of ``Candidate.prob`` (and ``sample_prob``); click a bar → ``bar_clicked(index)``."""
+
+    bar_clicked = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._candidates: list[Candidate] = []
+        self.plot = pg.PlotWidget(background=None)
+        self.plot.setMenuEnabled(False)
+        self.plot.setMouseEnabled(x=False, y=False)
+        self.plot.hideButtons()
+        self.plot.showGrid(y=True, alpha=0.2)
+        self.plot.setLabel("left", "probability")
+        self.plot.getAxis("left").enableAutoSIPrefix(False)  # 0.2, 0.4 rather than 200 x 0.001
+        self.plot.setMinimumHeight(140)
+        self._prob_bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(*_PROB_BRUSH), pen=None)
+        self._sample_bars = pg.BarGraphItem(x=[], height=[], width=0.35, brush=pg.mkBrush(*_SAMPLE_BRUSH), pen=None)
+        self.plot.addItem(self._prob_bars)
+        self.plot.addItem(self._sample_bars)
+        legend = self.plot.addLegend(offset=(-5, 5))
+        legend.addItem(self._prob_bars, "softmax(logits / T)")
+        legend.addItem(self._sample_bars, "after top-k / top-p")
+        self.plot.scene().sigMouseClicked.connect(self._on_click)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot)
+
+    def set_candidates(self, candidates: Sequence[Candidate]) -> None:
+        """Redraw for a new prediction (an empty list clears the chart)."""
+        self._candidates = list(candidates)
+        xs = list(range(len(self._candidates)))
+        probs = [c.prob for c in self._candidates]
+        samples = [c.sample_prob for c in self._candidates]
+        self._prob_bars.setOpts(x=xs, height=probs)
+        self._sample_bars.setOpts(x=xs, height=samples)
+        ticks = [(i, _short_label(c.text)) for i, c in enumerate(self._candidates)]
+        self.plot.getAxis("bottom").setTicks([ticks])
+        top = max(probs + samples, default=0.0)
+        # Zoom to the tallest bar: a flat distribution must still show its shape.
+        self.plot.setYRange(0.0, max(0.02, min(1.0, top * 1.1)), padding=0)
+        self.plot.setXRange(-0.6, max(len(xs), 1) - 0.4, padding=0)
+
+    def heights(self) -> list[float]:
+        """The drawn probability bars, in candidate order."""
+        return list(self._prob_bars.opts.get("height", []))
+
+    def sample_heights(self) -> list[float]:
+        return list(self._sample_bars.opts.get("height", []))
+
+    def _on_click(self, event: object) -> None:
+        pos: QPointF = event.scenePos()  # type: ignore[attr-defined]
+        if not self.plot.sceneBoundingRect().contains(pos):
+            return
+        x = self.plot.getPlotItem().vb.mapSceneToView(pos).x()
+        index = round(x)
+        if 0 <= index < len(self._candidates) and abs(x - index) <= 0.4:
+            self.bar_clicked.emit(index)
+
+
+def _short_label(text: str) -> str:
+    shown = visible_text(text)
+    return shown if len(shown) <= _MAX_LABEL_CHARS else shown[: _MAX_LABEL_CHARS - 1] + "…"
+
+
+COLUMNS = ("#", "token", "id", "logit", "probability", "sampled", "")
+COL_RANK, COL_TOKEN, COL_ID, COL_LOGIT, COL_PROB, COL_SAMPLE, COL_BAR = range(len(COLUMNS))
+
+
+class _BarDelegate(QStyledItemDelegate):
+    """Paints the probability stored in the cell's UserRole as a horizontal bar."""
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        super().paint(painter, option, index)
+        value = index.data(Qt.ItemDataRole.UserRole)
+        if not isinstance(value, float):
+            return
+        rect: QRect = option.rect.adjusted(3, 4, -3, -4)
+        width = int(rect.width() * max(0.0, min(1.0, value)))
+        painter.save()
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor(*_PROB_BRUSH))
+        painter.drawRect(QRect(rect.left(), rect.top(), max(width, 1), rect.height()))
+        painter.restore()
+
+
+class CandidateTable(QTableWidget):
+    """Ranked candidates; rows cut by top-k/top-p are greyed. ``candidate_clicked(row)``."""
+
+    candidate_clicked = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(0, len(COLUMNS), parent)
+        self.setHorizontalHeaderLabels(list(COLUMNS))
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.verticalHeader().hide()
+        self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
+        self.setMinimumWidth(380)
+        header = self.horizontalHeader()
+        for col in range(len(COLUMNS)):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(COL_BAR, QHeaderView.ResizeMode.Stretch)
+        self.setItemDelegateForColumn(COL_BAR, _BarDelegate(self))
+        self.setToolTip("Click a candidate to append it to the prompt")
+        self.cellClicked.connect(lambda row, _col: self.candidate_clicked.emit(row))
+
+    def set_candidates(self, candidates: Sequence[Candidate]) -> None:
+        # Columns sized to their contents would re-measure every cell after each setItem (~30 ms
+        # for ten rows, all of it holding the GIL that training needs): fill with fixed sections,
+        # then measure once.
+        header = self.horizontalHeader()
+        modes = [header.sectionResizeMode(col) for col in range(header.count())]
+        for col in range(header.count()):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
+        try:
+            self._fill(candidates)
+        finally:
+            for col, mode in enumerate(modes):
+                header.setSectionResizeMode(col, mode)
+
+    def _fill(self, candidates: Sequence[Candidate]) -> None:
+        self.setRowCount(len(candidates))
+        dim = self.palette().placeholderText().color()
+        for row, cand in enumerate(candidates):
+            cells = [
+                (str(row + 1), None),
+                (visible_text(cand.text), None),
+                (str(cand.id), cand.id),
+                (f"{cand.logit:.3f}", cand.logit),
+                (f"{cand.prob:.2%}" if cand.prob >= 1e-4 else f"{cand.prob:.2e}", cand.prob),
+                ("cut" if cand.sample_prob == 0 else f"{cand.sample_prob:.2%}", cand.sample_prob),
+                ("", cand.prob),
+            ]
+            for col, (text, value) in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if value is not None:
+                    item.setData(Qt.ItemDataRole.UserRole, value)
+                if col in (COL_ID, COL_LOGIT, COL_PROB, COL_SAMPLE):
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if cand.sample_prob == 0:  # filtered out by top-k/top-p: sampling never picks it
+                    item.setForeground(dim)
+                    item.setToolTip("Cut by top-k / top-p: never sampled")
+                self.setItem(row, col, item)
+
+    def value(self, row: int, col: int) -> float | int:
+        """The exact number behind a cell (id, logit, probability or sampled probability)."""
+        return self.item(row, col).data(Qt.ItemDataRole.UserRole)
+
+
+def slider_to_temperature(value: int) -> float:
+    """Slider 0–200 → 0.1–3.0, logarithmic in each half, exactly 1.0 in the middle."""
+    t = 0.1 * 10 ** (value / 100) if value <= 100 else 3.0 ** ((value - 100) / 100)
+    return float(f"{t:.3g}")  # the shown value is the value used
+
+
+def temperature_to_slider(temperature: float) -> int:
+    t = min(max(temperature, 0.1), 3.0)
+    return round(100 * math.log10(t / 0.1)) if t <= 1.0 else round(100 + 100 * math.log(t) / math.log(3.0))
+
+
+class SamplingControls(QWidget):
+    """Temperature slider (0.1–3.0, value shown), top-k, top-p and how many rows to list."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.temperature_slider = QSlider(Qt.Orientation.Horizontal)
+        self.temperature_slider.setRange(0, 200)
+        self.temperature_slider.setValue(temperature_to_slider(1.0))
+        self.temperature_slider.setToolTip("Divide the logits by T before the softmax: low T sharpens, high T flattens")
+        self.temperature_label = QLabel()
+        self.temperature_label.setMinimumWidth(60)
+        self.top_k_spin = QSpinBox()
+        self.top_k_spin.setRange(0, 100_000)
+        self.top_k_spin.setSpecialValueText("off")
+        self.top_k_spin.setToolTip("Sample only from the k most likely tokens (0 = off)")
+        self.top_p_spin = QDoubleSpinBox()
+        self.top_p_spin.setRange(0.01, 1.0)
+        self.top_p_spin.setSingleStep(0.05)
+        self.top_p_spin.setValue(1.0)
+        self.top_p_spin.setToolTip("Sample from the smallest set of tokens whose probability reaches p (1 = off)")
+        self.rows_spin = QSpinBox()
+        self.rows_spin.setRange(1, 200)
+        self.rows_spin.setValue(10)
+        self.rows_spin.setToolTip("How many candidates to list")
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        for label, widget in (("Temperature", self.temperature_slider), ("", self.temperature_label),
+                              ("top-k", self.top_k_spin), ("top-p", self.top_p_spin), ("rows", self.rows_spin)):
+            if label:
+                layout.addWidget(QLabel(label))
+            layout.addWidget(widget, 2 if widget is self.temperature_slider else 0)
+        self._show_temperature()
+        self.temperature_slider.valueChanged.connect(self._show_temperature)
+        for control in (self.temperature_slider, self.top_k_spin, self.top_p_spin, self.rows_spin):
+            control.valueChanged.connect(self.changed)
+
+    def temperature(self) -> float:
+        return slider_to_temperature(self.temperature_slider.value())
+
+    def set_temperature(self, temperature: float) -> None:
+        self.temperature_slider.setValue(temperature_to_slider(temperature))
+
+    def top_k(self) -> int | None:
+        return self.top_k_spin.value() or None
+
+    def top_p(self) -> float | None:
+        value = self.top_p_spin.value()
+        return None if value >= 1.0 else value  # 1.0 keeps every token: no filtering at all
+
+    def rows(self) -> int:
+        return self.rows_spin.value()
+
+    def _show_temperature(self) -> None:
+        self.temperature_label.setText(f"T = {self.temperature():.3g}")

@@ -1,0 +1,8 @@
+"""Asking a model what comes next: next-token predictions, per-token surprise, generation.
+
+Holds: ``predictor`` (``Predictor``: a live model shared with training through the trainer's lock,
+or a model loaded from a run folder).
+
+May import: ``runs``, ``data``, ``config``, ``devices`` and the plugin API. Never training, the
+session, the CLI or the GUI.
+"""

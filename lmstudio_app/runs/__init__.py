@@ -1,0 +1,10 @@
+"""A run folder on disk and everything written into it or read back from it.
+
+Holds: ``folder`` (``RunDir``: config.toml, metrics.jsonl, tokenizer.json, checkpoints/),
+``checkpoints`` (safetensors + JSON, written atomically, never unpickled), ``rng_state`` (the
+random generators' state in a checkpoint), ``loading`` (rebuild a saved run's model),
+``metrics_sinks`` (TensorBoard and CSV) and ``export_hf`` (a Hugging Face transformers folder).
+
+May import: ``data``, ``config``, ``registry``, ``devices``, ``atomic_files`` and the plugin API.
+Never inference, training, the CLI or the GUI.
+"""

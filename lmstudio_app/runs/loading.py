@@ -1,0 +1,47 @@
+"""Rebuild a saved run's model: its config, its own tokenizer and a checkpoint's weights.
+
+Opening a run folder never runs code from it: the config is TOML, the tokenizer JSON and the
+weights safetensors; the model class comes from an installed plugin named in the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config import RunConfig, validate_plugins
+from ..devices import resolve_device
+from ..errors import CheckpointError, LMStudioError, PluginCallError
+from ..model_api import LanguageModel
+from ..tokenizer import Tokenizer
+from .checkpoints import latest_checkpoint, load_checkpoint, unusable_checkpoints_error
+from .folder import RunDir
+
+if TYPE_CHECKING:
+    from ..registry import PluginRegistry
+
+
+def load_run(
+    run_dir: str | Path,
+    registry: PluginRegistry,
+    device: str = "auto",
+    checkpoint: str | Path | None = None,
+) -> tuple[RunConfig, LanguageModel, Tokenizer]:
+    """Rebuild a run's model from its folder (config + tokenizer + latest or given checkpoint)."""
+    run = RunDir.open(run_dir)
+    config = run.load_config()
+    tokenizer = run.load_tokenizer()
+    _, model_params = validate_plugins(config, registry)
+    spec = registry.model(config.model.plugin)
+    try:
+        model = spec.build(model_params, tokenizer.vocab_size)
+    except LMStudioError:
+        raise
+    except Exception as exc:  # plugin code: name the plugin, never crash with a traceback
+        raise PluginCallError(registry.owner("models", spec.name), f"building model {spec.name!r}", exc) from exc
+    path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run)
+    if path is None:
+        raise unusable_checkpoints_error(run) or CheckpointError(f"{run_dir}: no checkpoint yet — train the model first")
+    load_checkpoint(path, model, map_location="cpu")
+    model.to(resolve_device(device)).eval()
+    return config, model, tokenizer

@@ -1,0 +1,59 @@
+"""How a training loop is steered and what it reports: the pause/resume/stop flags, the step record."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class StepMetrics:
+    """What the loop reports at a logged step (also one line of ``metrics.jsonl``)."""
+
+    step: int  # optimisation steps completed
+    max_steps: int
+    elapsed_s: float  # training time so far, pauses excluded, across resumes
+    train_loss: float  # this step's loss (mean over its micro-batches, and over ranks under torchrun)
+    lr: float  # the AdamW learning rate used for this step
+    tokens_per_s: float  # training throughput since the previous report (evaluation excluded)
+    tokens_seen: int
+    val_loss: float | None = None  # on evaluation steps
+    sample: str | None = None  # generated text, on evaluation steps
+    grad_norm: float | None = None  # before clipping, when train.grad_clip > 0
+    warning: str | None = None  # e.g. torch.compile failed and training went on without it
+
+    def to_record(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class TrainingControl:
+    """Pause/resume/stop flags, safe to set from any thread; the loop reads them between steps."""
+
+    def __init__(self) -> None:
+        self._running = threading.Event()
+        self._running.set()
+        self._stop = threading.Event()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._running.set()  # wake a paused loop so it can see the stop
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def wait_while_paused(self) -> bool:
+        """Block while paused; False if training should stop."""
+        self._running.wait()
+        return not self._stop.is_set()

@@ -1,0 +1,328 @@
+"""Everything a run needs before its first step, and its state saved to and restored from checkpoints.
+
+:func:`prepare_run` reads the corpus, builds (or loads) the tokenizer, tokenizes, builds the model
+through the plugin registry, makes the optimisers and batch samplers and creates (or opens) the
+run folder; :func:`restore_latest` and :func:`save_state` read and write checkpoints. The
+:class:`~lmstudio_app.training.trainer.Trainer` calls these and itself only trains.
+
+Under torchrun (``dist`` given) rank 0 alone builds the tokenizer and decides the run folder, and
+sends both to the other ranks in memory: no rank depends on a shared filesystem for a new run,
+and a tokenizer plugin that is not deterministic cannot give the ranks different vocabularies.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import RunConfig, TrainConfig, copy_config, validate_plugins
+from ..data.corpus import BatchSampler, TokenizedCorpus, iter_text_chunks, tokenize_corpus
+from ..data.files import FileInfo, load_corpus_text
+from ..devices import autocast_dtype, resolve_device, training_threads
+from ..errors import CheckpointError, ConfigError, DataError, LMStudioError, PluginCallError
+from ..params import params_to_dict
+from ..resources import demo_corpus_path
+from ..runs import checkpoints as ckpt
+from ..runs.folder import RunDir, new_run_path
+from ..tokenizer import Tokenizer
+from . import distributed, faults
+from .distributed import DistInfo
+from .optimizers import build_optimizers
+
+if TYPE_CHECKING:
+    from ..inference.predictor import Predictor
+    from ..registry import PluginRegistry
+
+ProgressCallback = Callable[[str, int, int], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def micro_batch_size(cfg: TrainConfig, world_size: int = 1) -> int:
+    """Sequences per forward pass on one rank; train.batch_size is the global batch of a step."""
+    if world_size == 1 and cfg.batch_size % cfg.grad_accum:
+        raise ConfigError(
+            f"train.grad_accum: {cfg.grad_accum} does not divide train.batch_size {cfg.batch_size} "
+            "(each micro-batch holds batch_size / grad_accum sequences)"
+        )
+    if cfg.batch_size % (world_size * cfg.grad_accum):
+        raise ConfigError(
+            f"train.batch_size: {cfg.batch_size} does not split over {world_size} ranks x train.grad_accum "
+            f"{cfg.grad_accum} (each rank's micro-batch holds batch_size / (ranks x grad_accum) sequences)"
+        )
+    return cfg.batch_size // (world_size * cfg.grad_accum)
+
+
+@dataclass
+class PreparedRun:
+    """What :func:`prepare_run` built; the Trainer adopts each field as an attribute."""
+
+    config: RunConfig
+    ignored_overrides: list[str]
+    device: torch.device
+    dtype: torch.dtype | None
+    file_infos: list[FileInfo]
+    tokenizer: Tokenizer
+    corpus: TokenizedCorpus
+    model: nn.Module
+    model_owner: str
+    optimizers: list[torch.optim.Optimizer]
+    samplers: dict[str, BatchSampler]
+    val_split: str  # "train" when there is too little held-out text to validate on
+    run_dir: RunDir | None
+    resumed: bool = False
+
+
+def prepare_run(
+    config: RunConfig | None,
+    registry: PluginRegistry,
+    run_path: Path | None,
+    *,
+    resume: bool,
+    write_run: bool,
+    tokenizer: Tokenizer | None,
+    corpus: TokenizedCorpus | None,
+    progress: ProgressCallback | None,
+    dist: DistInfo | None,
+) -> PreparedRun:
+    """Config, corpus, tokenizer, model, optimisers, samplers and run folder of a run (see Trainer)."""
+    main = dist is None or dist.is_main
+    resumed: RunDir | None = None
+    ignored: list[str] = []
+    if resume:
+        if run_path is None:
+            raise CheckpointError("resume: no run folder given; name the run to continue")
+        resumed = RunDir.open(run_path)
+        config, ignored = resumed.resume_config(config)
+        if tokenizer is None:
+            tokenizer = resumed.load_tokenizer()
+    else:
+        if config is None:
+            raise ConfigError("no config given for a new run")
+        config = copy_config(config)  # later edits in the GUI must not reach a running trainer
+        if write_run:  # rank 0 names the folder (a timestamp), checks it and tells the others
+            run_path = distributed.from_main(lambda: _creatable(run_path), dist)
+    tok_params, model_params = validate_plugins(config, registry)
+    # Store every param, defaults included, so config.toml reproduces the run on its own.
+    config.tokenizer.params = params_to_dict(tok_params)
+    config.model.params = params_to_dict(model_params)
+    cfg = config.train
+    micro_batch_size(cfg, dist.world_size if dist else 1)  # fail before minutes of tokenizing
+    # The thread count is process-wide: "0" must restore the default after an earlier run.
+    torch.set_num_threads(training_threads(cfg.threads))
+    seed_everything(cfg.seed)  # every rank builds the same initial weights
+    device = distributed.device_for_rank(resolve_device(cfg.device), dist)
+    dtype = autocast_dtype(device, cfg.dtype)
+
+    def reporter(stage: str) -> Callable[[int, int], None] | None:
+        return None if progress is None else (lambda done, total: progress(stage, done, total))
+
+    file_infos: list[FileInfo] = []  # the files read (empty when given a tokenizer and corpus)
+    text = ""
+    if tokenizer is None or corpus is None:
+        files = config.data.files or [str(demo_corpus_path())]
+        text, file_infos = load_corpus_text(files, readers=registry.readers_by_extension(),
+                                            progress=reporter("reading"))
+    if tokenizer is None:
+        def build() -> Tokenizer:
+            return _build_tokenizer(config, registry, tok_params, text, reporter("tokenizer"))
+
+        tokenizer = build() if dist is None else _tokenizer_from_main(build, dist)
+    if corpus is None:
+        corpus = tokenize_corpus(tokenizer, text, config.data.val_fraction, config.data.val_split,
+                                 progress=reporter("tokenizing"))
+    if corpus.vocab_size != tokenizer.vocab_size:
+        raise ConfigError(
+            f"the corpus was tokenized with {corpus.vocab_size} token IDs but the tokenizer has "
+            f"{tokenizer.vocab_size}; tokenize the corpus again"
+        )
+    model = _build_model(config, registry, model_params, tokenizer.vocab_size, device)
+    if dist is not None and dist.rank > 0:
+        torch.manual_seed(cfg.seed + dist.rank)  # same weights, but each rank its own dropout masks
+    optimizers = build_optimizers(model, cfg, device)
+    samplers, val_split = _make_samplers(cfg, corpus, int(model.context_length), device, dist)
+    run_dir: RunDir | None = None
+    if resumed is not None:
+        run_dir = resumed
+        if main and config.to_dict() != resumed.load_config().to_dict():
+            resumed.save_config(config)
+    elif write_run:
+        assert run_path is not None
+        run_dir = RunDir.create(run_path, config, tokenizer) if main else RunDir(run_path)  # rank 0 writes
+    return PreparedRun(
+        config=config, ignored_overrides=ignored, device=device, dtype=dtype, file_infos=file_infos,
+        tokenizer=tokenizer, corpus=corpus, model=model, model_owner=registry.owner("model", config.model.plugin),
+        optimizers=optimizers, samplers=samplers, val_split=val_split, run_dir=run_dir, resumed=resumed is not None,
+    )
+
+
+def _creatable(path: Path | None) -> Path:
+    path = path or new_run_path()
+    RunDir.check_creatable(path)  # fail now, not after minutes of tokenizing
+    return path
+
+
+def _tokenizer_from_main(build: Callable[[], Tokenizer], dist: DistInfo) -> Tokenizer:
+    """Rank 0's tokenizer on every rank, sent as its JSON."""
+    made: list[Tokenizer] = []
+
+    def payload() -> tuple[str, str]:
+        made.append(build())
+        return made[0].to_json(), made[0].kind
+
+    data, kind = distributed.from_main(payload, dist)
+    return made[0] if made else Tokenizer.from_json(data, kind=kind, source="rank 0's tokenizer")
+
+
+def _build_tokenizer(config: RunConfig, registry: PluginRegistry, params: Any, text: str,
+                     progress: Callable[[int, int], None] | None) -> Tokenizer:
+    name = config.tokenizer.plugin
+    spec = registry.tokenizer(name)
+    try:
+        tokenizer = spec.build(params, lambda: iter_text_chunks(text), progress)
+        if not isinstance(tokenizer, Tokenizer):
+            raise TypeError(f"build() returned {type(tokenizer).__name__}, not a lmstudio_app Tokenizer")
+    except LMStudioError:
+        raise
+    except Exception as exc:
+        raise PluginCallError(registry.owner("tokenizer", name), f"building tokenizer {name!r}", exc) from exc
+    return tokenizer
+
+
+def _build_model(config: RunConfig, registry: PluginRegistry, params: Any, vocab_size: int,
+                 device: torch.device) -> nn.Module:
+    name = config.model.plugin
+    spec = registry.model(name)
+    try:
+        model = spec.build(params, vocab_size)
+        if not isinstance(model, nn.Module) or int(getattr(model, "context_length", 0) or 0) < 1:
+            raise TypeError(f"build() returned {type(model).__name__}, not a LanguageModel with a context_length")
+    except LMStudioError:
+        raise
+    except Exception as exc:
+        raise PluginCallError(registry.owner("model", name), f"building model {name!r}", exc) from exc
+    return model.to(device).train()
+
+
+def _make_samplers(cfg: TrainConfig, corpus: TokenizedCorpus, ctx: int, device: torch.device,
+                   dist: DistInfo | None) -> tuple[dict[str, BatchSampler], str]:
+    """Separate random streams, so evaluating never changes which batches training sees."""
+    micro = micro_batch_size(cfg, dist.world_size if dist else 1)
+    rank = dist.rank if dist else 0
+
+    def sampler(tokens: np.ndarray, stream: str, split: str) -> BatchSampler:
+        return BatchSampler(tokens, micro, ctx, distributed.sampler_seed(cfg.seed, stream, rank), device, split)
+
+    samplers = {"train": sampler(corpus.train, "train", "train")}
+    try:
+        samplers["val"] = sampler(corpus.val, "val", "val")
+        val_split = "val"
+    except DataError:  # no (or too little) held-out text: validate on training text
+        samplers["val"] = sampler(corpus.train, "val", "train")
+        val_split = "train"
+    samplers["train_eval"] = sampler(corpus.train, "train_eval", "train")
+    return samplers, val_split
+
+
+# -- resuming ---------------------------------------------------------------------------------
+
+
+def save_state(run_dir: RunDir, model: nn.Module, optimizers: list[torch.optim.Optimizer], step: int,
+               samplers: Mapping[str, BatchSampler], extra: dict[str, Any], device: torch.device,
+               dist: DistInfo | None) -> Path:
+    """Write a checkpoint; under torchrun every rank calls it (to gather its random streams) and rank 0 writes."""
+    ranks = distributed.gather_rank_streams(samplers, device, dist)
+    if dist is not None and not dist.is_main:
+        return run_dir.checkpoints_dir / f"step_{step:08d}"  # where rank 0 writes it
+    if ranks is not None:
+        extra = {**extra, "ranks": ranks}
+    return ckpt.save_checkpoint(run_dir, model=model, optimizers=optimizers, step=step,
+                                rng=ckpt.capture_rng(samplers), extra=extra)
+
+
+@dataclass
+class Restored:
+    """What :func:`restore_latest` read besides the weights, optimiser state and random streams."""
+
+    step: int
+    elapsed_s: float
+    val_loss: float | None
+    grad_scaler: dict[str, Any] | None
+    warning: str | None  # set when the batches had to be re-seeded (another number of ranks)
+
+
+def restore_latest(run_dir: RunDir, model: nn.Module, optimizers: list[torch.optim.Optimizer],
+                   samplers: Mapping[str, BatchSampler], seed: int, device: torch.device,
+                   dist: DistInfo | None) -> Restored | None:
+    """Load the latest checkpoint into the given objects; None (and metrics cleared) if there is none."""
+    main = dist is None or dist.is_main
+    path = ckpt.latest_checkpoint(run_dir)
+    if path is None:  # stopped before the first checkpoint: start over, identically seeded
+        broken = ckpt.unusable_checkpoints_error(run_dir)
+        if broken is not None:  # never silently restart a run whose checkpoints are damaged
+            raise broken
+        if main:
+            run_dir.truncate_metrics(0)
+        return None
+    state = ckpt.load_checkpoint(path, model, optimizers, map_location="cpu")
+    step = int(state["step"])
+    ckpt.restore_rng(state["rng"], samplers)  # rank 0's streams (all of them in a single process)
+    extra = state.get("extra", {})
+    warning = distributed.restore_rank_streams(extra.get("ranks"), samplers, seed, step, device, dist)
+    if main:
+        run_dir.truncate_metrics(step)
+    return Restored(step=step, elapsed_s=float(extra.get("elapsed_s", 0.0)), val_loss=extra.get("val_loss"),
+                    grad_scaler=extra.get("grad_scaler"), warning=warning)
+
+
+# -- evaluations ------------------------------------------------------------------------------
+
+
+def mean_loss(model: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sampler: BatchSampler,
+              count: int, device: torch.device, dist: DistInfo | None, owner: str) -> float | None:
+    """Mean ``loss`` over ``count`` batches in eval mode (over all ranks under torchrun); None if out of memory."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            total = torch.zeros((), device=device)
+            for _ in range(count):
+                total += loss(*sampler.sample()).float()
+            if dist is not None:  # every rank evaluated its own batches: report their mean
+                distributed.all_reduce_mean(total)
+            return float(total) / count
+    except LMStudioError:
+        raise
+    except Exception as exc:
+        if not faults.is_out_of_memory(exc):
+            raise PluginCallError(owner, "evaluation", exc) from exc
+    finally:
+        model.train(was_training)
+    faults.free_memory(device)  # outside the except block: the failed batch is gone
+    return None
+
+
+def sample_text(predictor: Predictor, count: int, seed: int, fallback_prompt: str, owner: str) -> str:
+    """A generated continuation from a fresh line, or from ``fallback_prompt`` without a newline token."""
+    from ..inference.predictor import EmptyPromptError  # lazy: inference imports the run/checkpoint modules
+
+    try:
+        try:
+            return predictor.generate("", max_tokens=count, seed=seed)
+        except EmptyPromptError:
+            return fallback_prompt + predictor.generate(fallback_prompt, max_tokens=count, seed=seed)
+    except LMStudioError:
+        raise
+    except Exception as exc:
+        raise PluginCallError(owner, "generating a sample", exc) from exc

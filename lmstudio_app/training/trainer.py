@@ -1,0 +1,399 @@
+"""The training engine: a Qt-free loop over optimisation steps.
+
+:class:`Trainer` prepares a run (corpus, tokenizer, model, optimisers, run folder: see
+training_setup.py) and :meth:`Trainer.steps` trains it as a generator, so the CLI simply iterates
+and the GUI's worker thread does the same while another thread pauses, stops or probes the model
+between steps (under :attr:`Trainer.lock`). The hot loop never waits on the accelerator except at
+logged steps: losses stay on the device until then, which keeps it as fast as a hand-written loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import RunConfig
+from ..data.corpus import TokenizedCorpus
+from ..devices import synchronize
+from ..errors import CheckpointError, LMStudioError, ParamError, PluginCallError
+from ..tokenizer import Tokenizer
+from . import distributed, faults
+from . import preparation as setup
+from .control import StepMetrics, TrainingControl
+from .distributed import DistInfo
+from .optimizers import lr_at, lr_scale, set_learning_rate
+from .preparation import ProgressCallback, seed_everything
+
+if TYPE_CHECKING:
+    from ..inference.predictor import Predictor
+    from ..registry import PluginRegistry
+
+__all__ = ["ProgressCallback", "StepMetrics", "Trainer", "TrainingControl", "seed_everything"]
+
+
+class Trainer:
+    """One training run, from files on disk (or a prepared tokenizer/corpus) to checkpoints.
+
+    ``resume=True`` continues the run in ``run_dir`` from its latest checkpoint; ``config`` may
+    then be None or only change the :data:`~lmstudio_app.runs.folder.RESUMABLE_TRAIN_KEYS` (its other
+    differing keys are listed in :attr:`ignored_overrides`). ``write_run=False`` trains without
+    a run folder (nothing is written); otherwise :attr:`run_dir` is the :class:`RunDir` written
+    to (a new ``run-<time>`` folder under the default runs folder when ``run_dir`` is None).
+    ``progress(stage, done, total)`` follows preparation (stage "reading", "tokenizer" or
+    "tokenizing"); ``dist`` (see :func:`~lmstudio_app.training.distributed.init_from_env`) makes this
+    process one rank of a data-parallel run, which every rank trains in step with the others.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig | None,
+        registry: PluginRegistry,
+        run_dir: str | Path | None = None,
+        *,
+        resume: bool = False,
+        tokenizer: Tokenizer | None = None,
+        corpus: TokenizedCorpus | None = None,
+        progress: ProgressCallback | None = None,
+        write_run: bool = True,
+        dist: DistInfo | None = None,
+    ) -> None:
+        self.registry = registry
+        self.dist = dist  # this process's rank under torchrun (see distributed.py); None alone
+        self.control = TrainingControl()
+        self.lock = threading.RLock()
+        self.stop_reason: str | None = None
+        self.last_val_loss: float | None = None
+        self.compile_warning: str | None = None
+        self.step = 0
+        self._last_saved_step: int | None = None
+        self._elapsed_offset = 0.0  # training seconds before the current steps() call
+        self._active_since: float | None = None
+        self._paused_s = 0.0
+        self._pending_warning: str | None = None
+        self._main = dist is None or dist.is_main  # the rank that writes files
+        self._stop_agreed = False  # under torchrun: every rank saw a stop request (at the last report)
+
+        prepared = setup.prepare_run(config, registry, Path(run_dir) if run_dir is not None else None,
+                                     resume=resume, write_run=write_run, tokenizer=tokenizer, corpus=corpus,
+                                     progress=progress, dist=dist)
+        self.config: RunConfig = prepared.config
+        self.ignored_overrides: list[str] = prepared.ignored_overrides
+        self.device, self.dtype, self.file_infos = prepared.device, prepared.dtype, prepared.file_infos
+        self.tokenizer, self.corpus, self.model = prepared.tokenizer, prepared.corpus, prepared.model
+        self.optimizers, self.val_split, self.run_dir = prepared.optimizers, prepared.val_split, prepared.run_dir
+        self._model_owner, self._samplers = prepared.model_owner, prepared.samplers
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        cfg = self.config.train
+        use_scaler = self.dtype == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None  # fp16 needs loss scaling
+        # Under torchrun, DDP averages the gradients during backward. self.model stays the plain
+        # module: checkpoints hold its state_dict (no "module." prefix) and probes call it directly.
+        self._ddp = distributed.wrap_model(self.model, self.device) if dist is not None else None
+        self._train_module: nn.Module = self._ddp if self._ddp is not None else self.model
+        self._no_sync = self._ddp.no_sync if self._ddp is not None else contextlib.nullcontext
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = self._train_module
+        self._compile_confirmed = not cfg.compile
+        if cfg.compile:
+            self._forward = self._compiled_forward()
+        if prepared.resumed:
+            self._restore_latest()
+
+    def _compiled_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        try:
+            return torch.compile(self._train_module)
+        except Exception as exc:
+            self._compile_failed(exc)
+            return self._train_module
+
+    def _compile_failed(self, exc: BaseException) -> None:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        self.compile_warning = f"torch.compile failed ({type(exc).__name__}: {first}); training without it"
+        self._pending_warning = self.compile_warning
+        self._compile_confirmed = True
+        warnings.warn(self.compile_warning, RuntimeWarning, stacklevel=2)
+
+    def _restore_latest(self) -> None:
+        assert self.run_dir is not None
+        restored = setup.restore_latest(self.run_dir, self.model, self.optimizers, self._samplers,
+                                        self.config.train.seed, self.device, self.dist)
+        if restored is not None:
+            self.step = self._last_saved_step = restored.step
+            self._elapsed_offset, self.last_val_loss = restored.elapsed_s, restored.val_loss
+            if self.scaler is not None and restored.grad_scaler is not None:
+                self.scaler.load_state_dict(restored.grad_scaler)
+            self._pending_warning = restored.warning  # shown with the first report (and in metrics.jsonl)
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            logits = self._forward(x)  # (B, T, V)
+            return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
+    def _optimisation_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One step; returns (mean loss, grad norm) as device tensors (no sync).
+
+        Out of memory, the step is retried with micro-batches half the size (same global batch)."""
+        cfg = self.config.train
+        set_learning_rate(self.optimizers, lr_scale(self.step, cfg))
+        if not self.model.training:  # a probe may have left it in eval mode
+            self.model.train()
+        while (total := self._accumulate()) is None:
+            self._shrink_micro_batches(self.step + 1)  # raises once a micro-batch is a single sequence
+        norm = None
+        if cfg.grad_clip > 0:
+            if self.scaler is not None:
+                for opt in self.optimizers:
+                    self.scaler.unscale_(opt)
+            norm = torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
+        for opt in self.optimizers:
+            if self.scaler is not None:
+                self.scaler.step(opt)
+            else:
+                opt.step()
+        if self.scaler is not None:
+            self.scaler.update()
+        self._zero_grad()  # frees gradient memory between steps (probes run there)
+        return total, norm
+
+    def _accumulate(self) -> torch.Tensor | None:
+        """Forward and backward over the step's micro-batches: their summed loss, None if out of memory."""
+        accum = self.config.train.grad_accum
+        total: torch.Tensor | None = None
+        failure = ""
+        try:
+            for micro in range(accum):
+                # DDP all-reduces the gradients once per step, in the last micro-batch's backward.
+                with self._no_sync() if micro < accum - 1 else contextlib.nullcontext():
+                    loss = self._loss(*self._samplers["train"].sample())
+                    if accum > 1:
+                        loss = loss / accum
+                    total = loss.detach() if total is None else total + loss.detach()
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        except LMStudioError:
+            raise
+        except Exception as exc:
+            if faults.is_out_of_memory(exc):
+                failure = "memory"
+            elif not self._compile_confirmed:  # compiling happens on the first call
+                failure = "compile"
+                self._compile_failed(exc)
+            else:
+                raise PluginCallError(self._model_owner, "the training step", exc) from exc
+        if not failure:
+            self._compile_confirmed = True
+            return total
+        # Handled here, outside the except block, so the failed step's tensors can be freed.
+        total = loss = None
+        self._zero_grad()
+        if failure == "compile":
+            self._forward = self._train_module
+            return self._accumulate()
+        faults.free_memory(self.device)
+        return None
+
+    def _shrink_micro_batches(self, step: int) -> None:
+        """Out of memory at ``step``: twice as many micro-batches, each half the size (see faults.py)."""
+        note = faults.shrink_micro_batches(self.config.train, self._samplers, step, self.device, self.dist)
+        self._pending_warning = f"{self._pending_warning}; {note}" if self._pending_warning else note
+        if self.run_dir is not None and self._main:  # so config.toml says how the run really trains
+            with contextlib.suppress(OSError):  # a full disk is reported by the next checkpoint
+                self.run_dir.save_config(self.config)
+
+    def _zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def _check_losses(self, pending: list[torch.Tensor]) -> float:
+        """Sync the losses of the steps since the last check; stop at the first nan/inf.
+
+        Under torchrun, one all-reduce also averages the losses over ranks (the global batch's loss,
+        so all ranks stop at the same nan) and tells whether any rank was asked to stop."""
+        values = torch.stack(pending).float()
+        if self.dist is not None:
+            flag = torch.tensor([float(self.control.stop_requested)], device=values.device)
+            merged = distributed.all_reduce_mean(torch.cat([values, flag])).cpu()
+            values, self._stop_agreed = merged[:-1], bool(merged[-1] > 0)
+        values = values.cpu()  # the one device sync per report
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            index = int(bad[0])
+            self._raise_not_finite(self.step - len(pending) + index + 1, float(values[index]))
+        return float(values[-1])
+
+    def _raise_not_finite(self, step: int, value: float) -> None:
+        self.stop_reason = "error"
+        raise faults.not_finite_error(value, step, self._last_saved_step, self.config.train)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _elapsed(self) -> float:
+        if self._active_since is None:
+            return self._elapsed_offset
+        return self._elapsed_offset + time.perf_counter() - self._active_since - self._paused_s
+
+    def steps(self) -> Iterator[StepMetrics]:
+        """Train until ``max_steps`` or a stop, yielding a report at logged and evaluation steps."""
+        cfg = self.config.train
+        tokens_per_step = cfg.batch_size * int(self.model.context_length)
+        pending: list[torch.Tensor] = []
+        norm: torch.Tensor | None = None
+        window_steps, window_s = 0, 0.0
+        self.stop_reason = None
+        self._stop_agreed = False
+        self._active_since, self._paused_s = time.perf_counter(), 0.0
+
+        def report(loss: float) -> StepMetrics:
+            nonlocal window_steps, window_s
+            metrics = StepMetrics(
+                step=self.step, max_steps=cfg.max_steps, elapsed_s=self._elapsed(), train_loss=loss,
+                lr=lr_at(self.step - 1, cfg), tokens_per_s=window_steps * tokens_per_step / max(window_s, 1e-9),
+                tokens_seen=self.step * tokens_per_step,
+                grad_norm=float(norm) if norm is not None else None, warning=self._pending_warning,
+            )
+            self._pending_warning = None
+            window_steps, window_s = 0, 0.0
+            return metrics
+
+        try:
+            while self.step < cfg.max_steps:
+                if self.dist is not None:  # ranks stop together, at a report (see _check_losses)
+                    if self._stop_agreed:
+                        break
+                elif self.control.stop_requested:
+                    break
+                elif self.control.paused:
+                    waited_from = time.perf_counter()
+                    go_on = self.control.wait_while_paused()
+                    self._paused_s += time.perf_counter() - waited_from
+                    if not go_on:
+                        break
+                started = time.perf_counter()
+                with self.lock:
+                    loss, norm = self._optimisation_step()
+                    self.step += 1
+                pending.append(loss)
+                step, last = self.step, self.step >= cfg.max_steps
+                evaluating = step % cfg.eval_interval == 0 or last
+                saving = last or (step % cfg.checkpoint_interval == 0 if cfg.checkpoint_interval else evaluating)
+                logging = evaluating or step % cfg.log_interval == 0
+                window_steps += 1
+                if not (logging or saving):
+                    window_s += time.perf_counter() - started
+                    continue
+                synchronize(self.device)
+                train_loss = self._check_losses(pending)  # before any checkpoint: never save nan weights
+                pending = []
+                window_s += time.perf_counter() - started
+                metrics = report(train_loss) if logging else None
+                if metrics is not None and evaluating:
+                    metrics.val_loss = self.last_val_loss = self._checked_val_loss()
+                    metrics.sample = self._sample_text() if self._main else None
+                if saving and self.run_dir is not None:
+                    self.save_checkpoint()
+                if metrics is not None:
+                    self._log(metrics)
+                    yield metrics
+            if self.step < cfg.max_steps:
+                self.stop_reason = "stopped"
+                final = report(self._check_losses(pending)) if pending else None
+                if self.step != self._last_saved_step and self.run_dir is not None:
+                    self.save_checkpoint()
+                if final is not None:
+                    self._log(final)
+                    yield final
+            self.stop_reason = self.stop_reason or "finished"
+        except GeneratorExit:  # the consumer stopped iterating: keep what was trained
+            self.stop_reason = "stopped"
+            if self.run_dir is not None and self.step != self._last_saved_step:
+                self.save_checkpoint()
+            raise
+        except BaseException:
+            self.stop_reason = "error"
+            raise
+        finally:
+            self._elapsed_offset, self._active_since = self._elapsed(), None
+
+    def run(self, on_step: Callable[[StepMetrics], None] | None = None) -> StepMetrics | None:
+        """Train to the end (or a stop); return the last report."""
+        last = None
+        for metrics in self.steps():
+            if on_step is not None:
+                on_step(metrics)
+            last = metrics
+        return last
+
+    def _log(self, metrics: StepMetrics) -> None:
+        if self.run_dir is not None and self._main:
+            self.run_dir.append_metrics(metrics.to_record())
+
+    def _checked_val_loss(self) -> float:
+        value = self.evaluate()
+        if not math.isfinite(value):
+            self._raise_not_finite(self.step, value)
+        return value
+
+    # -- evaluation, samples, checkpoints ---------------------------------------------------
+
+    def evaluate(self, batches: int | None = None, split: str = "val") -> float:
+        """Mean loss over ``batches`` (default train.eval_batches) random batches of a split."""
+        if split not in ("val", "train"):
+            raise ParamError(f"split: {split!r} is not one of 'val', 'train'")
+        sampler = self._samplers["val" if split == "val" else "train_eval"]
+        count = batches or self.config.train.eval_batches
+        with self.lock:
+            while (value := setup.mean_loss(self.model, self._loss, sampler, count, self.device, self.dist,
+                                            self._model_owner)) is None:
+                self._shrink_micro_batches(self.step)  # out of memory: smaller evaluation batches too
+            return value
+
+    def _sample_text(self) -> str | None:
+        """A generated continuation shown at each evaluation (starts a fresh line if it can)."""
+        count = self.config.train.sample_tokens
+        if count <= 0:
+            return None
+        prompt = self.tokenizer.decode(self.corpus.train[:4].tolist())  # used if there is no newline token
+        return setup.sample_text(self.predictor(), count, self.config.train.seed + self.step, prompt, self._model_owner)
+
+    def save_checkpoint(self) -> Path:
+        """Save the current state into the run folder (between steps; safe from another thread).
+
+        Under torchrun every rank calls it (it gathers each rank's random streams) and rank 0 writes.
+        """
+        if self.run_dir is None:
+            raise CheckpointError("this training session has no run folder, so there is nowhere to save")
+        with self.lock:
+            extra: dict[str, Any] = {
+                "elapsed_s": self._elapsed(),
+                "tokens_seen": self.step * self.config.train.batch_size * int(self.model.context_length),
+                "val_loss": self.last_val_loss,
+            }
+            if self.compile_warning:
+                extra["compile_warning"] = self.compile_warning
+            if self.scaler is not None:
+                extra["grad_scaler"] = self.scaler.state_dict()
+            path = setup.save_state(self.run_dir, self.model, self.optimizers, self.step, self._samplers, extra,
+                              self.device, self.dist)
+            self._last_saved_step = self.step
+        return path
+
+    def predictor(self) -> Predictor:
+        """Predictions from the live model, safe while training runs (they share :attr:`lock`)."""
+        from ..inference.predictor import Predictor  # lazy: inference imports the run/checkpoint modules
+
+        return Predictor(self.model, self.tokenizer, lock=self.lock, owner=self._model_owner)
