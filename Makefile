@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/lmstudio
 
-test: $(STAMP)
+test: $(STAMP) lint
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# Style and layering: ruff (pyproject's [tool.ruff]) and the import-linter contracts.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
 bench: $(STAMP)
