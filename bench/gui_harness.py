@@ -203,11 +203,14 @@ class GapProbe:
                 "median_ms": statistics.median(gaps), "ticks": len(gaps)}
 
 
+def is_training_steps(panel: Any) -> bool:
+    """Past preparing, into the steps; in this app ("training", a RunState) and in older copies ("running")."""
+    return getattr(panel.state, "value", panel.state) in ("training", "running")
+
+
 def train_in_window(window: Any, timeout_s: float, probe: GapProbe | None = None) -> dict[str, Any]:
     """Click Start and wait for the end; returns the loop's wall time, the trainer's own clock,
     and the CPU seconds of the GUI thread and of the other threads (training, pool) meanwhile."""
-    from lmstudio_app.gui.panels.training import IDLE, RUNNING
-
     panel = window.training_panel
     finished: list[str] = []
     started: list[float] = []
@@ -215,13 +218,13 @@ def train_in_window(window: Any, timeout_s: float, probe: GapProbe | None = None
     ended: list[float] = []
     window.events.training_finished.connect(lambda reason: (ended.append(time.perf_counter()), finished.append(reason)))
     panel.start_button.click()
-    process_until(lambda: panel.state == RUNNING or bool(finished), timeout_s)
+    process_until(lambda: is_training_steps(panel) or bool(finished), timeout_s)
     cpu = CpuMeter()
     cpu.start()
     if probe is not None:
         probe.start()
     # The app's own work only: polling slowly (the end is timed by the signal, not the poll).
-    process_until(lambda: bool(finished) and panel.state == IDLE, timeout_s, poll_ms=250)
+    process_until(lambda: bool(finished) and not panel.is_training(), timeout_s, poll_ms=250)
     cpu.stop()
     if probe is not None:
         probe.stop()

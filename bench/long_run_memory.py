@@ -2,7 +2,7 @@
 
     python bench/long_run_memory.py                       # 100k steps + plot (about 3-4 minutes)
     python bench/long_run_memory.py --steps 20000         # quicker
-    python bench/long_run_memory.py --gui-steps 20000     # also train through the GUI worker and plot
+    python bench/long_run_memory.py --gui-steps 20000     # also train through the app's run controller and plot
 
 Part 1, the engine, headless: the real :class:`~lmstudio_app.training.trainer.Trainer` on a tiny model
 (1-layer GPT, width 16, context 8, batch 4) with ``log_interval = 1``, so every step produces a
@@ -15,7 +15,7 @@ two must stay flat from 1k to 100k steps (the file grows by design, on disk).
 Part 2, the plot: 100k points through ``LossPlot.add_point`` and ``redraw`` in an offscreen
 window, with the time per redraw (the plot's timer redraws at ~15 Hz) and the RSS.
 
-Part 3 (``--gui-steps``): the trainer driven by the app's ``TrainingRunner`` (worker thread,
+Part 3 (``--gui-steps``): the trainer driven by the app's run controller (training thread,
 queued signals, bounded queue) into a shown ``LossPlot``, reporting RSS and the longest stall of
 the GUI thread (a 20 ms timer's worst lateness) while it trains.
 """
@@ -121,14 +121,16 @@ def gui_part(registry: PluginRegistry, corpus: Path, work: Path, steps: int) -> 
     from PySide6.QtCore import QElapsedTimer, QTimer
     from PySide6.QtWidgets import QApplication
 
+    from lmstudio_app.gui.events import AppEvents
     from lmstudio_app.gui.widgets.loss_plot import LossPlot
-    from lmstudio_app.gui.worker import TrainingRunner
+    from lmstudio_app.session import Session
 
     app = QApplication.instance() or QApplication([])
     plot = LossPlot()
     plot.resize(1200, 600)
     plot.show()
-    runner = TrainingRunner()
+    session = Session(registry)  # its run controller trains; AppEvents delivers the reports, bounded
+    events = AppEvents(session)
     trainer = Trainer(tiny_config(corpus, steps, eval_every=max(steps // 10, 1)), registry, work / "gui-run")
     marks, rows = set(milestones(steps)), []
     clock, worst = QElapsedTimer(), [0]
@@ -143,22 +145,21 @@ def gui_part(registry: PluginRegistry, corpus: Path, work: Path, steps: int) -> 
     def on_step(metrics: object) -> None:
         plot.add_metrics(metrics)
         if metrics.step in marks:  # type: ignore[attr-defined]
-            rows.append((metrics.step, rss_mb(), worst[0], runner.worker.pending if runner.worker else 0))  # type: ignore[attr-defined]
+            rows.append((metrics.step, rss_mb(), worst[0], events.pending))  # type: ignore[attr-defined]
 
     timer = QTimer()
     timer.timeout.connect(tick)
     timer.start(20)
-    runner.step.connect(on_step)
+    events.training_step.connect(on_step)
     done: list[str] = []
-    runner.finished.connect(done.append)
-    runner.failed.connect(lambda message, _details: done.append(message))
-    print(f"\nPart 3 — through the GUI worker into a shown LossPlot: {steps:,} steps")
+    events.training_finished.connect(done.append)  # the stop reason, or the error message
+    print(f"\nPart 3 — through the app's run controller and event adapter into a shown LossPlot: {steps:,} steps")
     start = time.perf_counter()
-    runner.start(trainer)
+    session.run.start(lambda: trainer)
     while not done:
         app.processEvents()
         time.sleep(0.001)
-    runner.wait()
+    session.run.wait()
     print(f"{'step':>9} {'RSS MB':>8} {'worst GUI stall ms':>19} {'queued reports':>15}")
     for step, rss, stall, pending in rows:
         print(f"{step:9,} {rss:8.1f} {stall:19.0f} {pending:15}")
@@ -171,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100_000, help="engine steps (default 100k; 0 skips part 1)")
     parser.add_argument("--plot-points", type=int, default=100_000, help="points fed to the LossPlot")
-    parser.add_argument("--gui-steps", type=int, default=0, help="also train this many steps through the GUI worker")
+    parser.add_argument("--gui-steps", type=int, default=0, help="also train this many steps through the app's run controller")
     args = parser.parse_args()
     registry = PluginRegistry.discover(use_user_dir=False)
     with tempfile.TemporaryDirectory(prefix="lmstudio-long-") as tmp:

@@ -17,7 +17,7 @@ import tomli_w
 
 from .atomic_files import atomic_write_text
 from .errors import ConfigError, ParamError
-from .params import build_params, coerce, param, param_infos, params_to_dict
+from .params import build_params, param, params_to_dict
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -212,20 +212,6 @@ def validate_plugins(config: RunConfig, registry: PluginRegistry) -> tuple[Any, 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
     atomic_write_text(Path(path), config.to_toml())
-
-
-def field_infos(section: str):
-    """ParamInfos of a fixed section (data or train), for forms."""
-    return param_infos({"data": DataConfig, "train": TrainConfig}[section])
-
-
-def set_field(obj: Any, name: str, value: Any, where: str) -> Any:
-    """Validated in-place update of one field of DataConfig/TrainConfig (for GUI forms)."""
-    info = next((i for i in param_infos(type(obj)) if i.name == name), None)
-    if info is None:
-        raise ParamError(f"{where}.{name}: unknown key")
-    setattr(obj, name, coerce(info, value, where))
-    return obj
 
 
 def copy_config(config: RunConfig) -> RunConfig:

@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import ParamError
 
@@ -107,6 +107,67 @@ def param_infos(cls: type) -> list[ParamInfo]:
     return infos
 
 
+def _to_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
+        return False
+    raise ParamError(f"{key}: expected true or false, got {value!r}")
+
+
+def _to_int(value: Any, key: str) -> int:
+    if isinstance(value, bool):  # bool is an int subclass: True is not 1 here
+        raise ParamError(f"{key}: expected an integer, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value.strip().replace("_", ""))
+        except ValueError:
+            raise ParamError(f"{key}: expected an integer, got {value!r}") from None
+    if not isinstance(value, int):
+        raise ParamError(f"{key}: expected an integer, got {value!r}")
+    return value
+
+
+def _to_float(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ParamError(f"{key}: expected a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ParamError(f"{key}: expected a number, got {value!r}") from None
+    if not isinstance(value, (int, float)):
+        raise ParamError(f"{key}: expected a number, got {value!r}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise ParamError(f"{key}: expected a finite number, got {value!r}")
+    return out
+
+
+def _to_list(value: Any, key: str) -> list[str]:
+    if isinstance(value, str):  # "a, b" from a form or --set
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ParamError(f"{key}: expected a list of strings, got {value!r}")
+    return list(value)
+
+
+def _to_str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ParamError(f"{key}: expected text, got {value!r}")
+    return value
+
+
+# How a raw value (from TOML, a form or --set) becomes each ParamInfo.type.
+_CONVERTERS: dict[type, Callable[[Any, str], Any]] = {
+    bool: _to_bool, int: _to_int, float: _to_float, list: _to_list, str: _to_str,
+}
+
+
 def coerce(info: ParamInfo, value: Any, where: str = "") -> Any:
     """Check and convert one value; raise :class:`ParamError` naming the key on failure."""
     key = f"{where}.{info.name}" if where else info.name
@@ -114,56 +175,11 @@ def coerce(info: ParamInfo, value: Any, where: str = "") -> Any:
         if info.optional:
             return None
         raise ParamError(f"{key}: a value is required")
-    t = info.type
-    if t is bool:
-        if isinstance(value, bool):
-            out: Any = value
-        elif isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
-            out = True
-        elif isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
-            out = False
-        else:
-            raise ParamError(f"{key}: expected true or false, got {value!r}")
-    elif t is int:
-        if isinstance(value, bool):
-            raise ParamError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, str):
-            try:
-                value = int(value.strip().replace("_", ""))
-            except ValueError:
-                raise ParamError(f"{key}: expected an integer, got {value!r}") from None
-        if not isinstance(value, int):
-            raise ParamError(f"{key}: expected an integer, got {value!r}")
-        out = value
-    elif t is float:
-        if isinstance(value, bool):
-            raise ParamError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise ParamError(f"{key}: expected a number, got {value!r}") from None
-        if not isinstance(value, (int, float)):
-            raise ParamError(f"{key}: expected a number, got {value!r}")
-        out = float(value)
-        if not math.isfinite(out):
-            raise ParamError(f"{key}: expected a finite number, got {value!r}")
-    elif t is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ParamError(f"{key}: expected a list of strings, got {value!r}")
-        out = list(value)
-    else:
-        if not isinstance(value, str):
-            raise ParamError(f"{key}: expected text, got {value!r}")
-        out = value
+    out = _CONVERTERS.get(info.type, _to_str)(value, key)
     if info.choices is not None and out not in info.choices:
         allowed = ", ".join(repr(c) for c in info.choices)
         raise ParamError(f"{key}: {out!r} is not one of {allowed}")
-    if t in (int, float):
+    if info.type in (int, float):
         if info.min is not None and out < info.min:
             raise ParamError(f"{key}: {out} is below the minimum {info.min:g}")
         if info.max is not None and out > info.max:
@@ -196,9 +212,3 @@ def build_params(cls: type, values: Mapping[str, Any] | None = None, where: str 
 def params_to_dict(obj: Any) -> dict[str, Any]:
     """Plain dict of a params instance (for TOML/JSON); None values are dropped (TOML has no null)."""
     return {k: v for k, v in dataclasses.asdict(obj).items() if v is not None}
-
-
-def replace_params(obj: Any, where: str = "", **changes: Any) -> Any:
-    """A validated copy of a params instance with some values changed."""
-    merged = {**params_to_dict(obj), **changes}
-    return build_params(type(obj), merged, where)

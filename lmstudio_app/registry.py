@@ -12,6 +12,11 @@ escape and one raising hook implementation aborts the whole hook call, so this m
 every plugin itself and calls the hooks one implementation at a time, recording each failure
 as a :class:`~lmstudio_app.specs.PluginError` for the plugins dialog and ``lmstudio plugins``.
 Strict mode (``LMSTUDIO_STRICT_PLUGINS=1``) re-raises the first failure instead, for authors.
+
+Calling a plugin's code later (building a tokenizer or a model, a forward pass) goes through
+:func:`plugin_call`, so an exception from it names the plugin instead of escaping as a traceback;
+:meth:`PluginRegistry.build_tokenizer` and :meth:`PluginRegistry.build_model` also check what the
+factory returned.
 """
 
 from __future__ import annotations
@@ -24,18 +29,24 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
-from .errors import ConfigError
+from .errors import ConfigError, LMStudioError, PluginCallError
 from .settings import user_plugin_dir
 from .specs import CorpusReaderSpec, ModelSpec, PluginError, PluginInfo, TokenizerSpec
+from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from .model_api import LanguageModel
 
 ENTRY_POINT_GROUP = "lmstudio"
 BUILTIN_PLUGIN = "builtins"  # the entry-point name of the built-in plugin; it cannot be disabled
@@ -55,6 +66,37 @@ _KIND_ALIASES = {
     "corpus_reader": "corpus_readers",
 }
 _LABELS = {kind: label for _, kind, label, _ in _HOOKS}
+
+
+@contextmanager
+def plugin_call(owner: str, what: str) -> Iterator[None]:
+    """Run plugin code: an exception from it becomes a :class:`PluginCallError` naming ``owner``.
+
+    ``what`` says what the plugin was doing ("building model 'gpt'"). An :class:`LMStudioError`
+    passes through unchanged (the plugin, or the core it called, already explains itself), and so
+    do exceptions that are not an ``Exception`` (KeyboardInterrupt, SystemExit, GeneratorExit).
+    """
+    try:
+        yield
+    except LMStudioError:
+        raise
+    except Exception as exc:
+        raise PluginCallError(owner, what, exc) from exc
+
+
+def build_model_from_spec(spec: ModelSpec, owner: str, params: Any, vocab_size: int) -> LanguageModel:
+    """``spec``'s model, checked to be a module with a ``context_length``; failures name ``owner``.
+
+    :meth:`PluginRegistry.build_model` for a spec looked up by name; called directly by code that
+    was handed the spec (the model preview, which builds it on the meta device).
+    """
+    from torch import nn  # lazy: listing plugins (``lmstudio plugins``) must not import torch
+
+    with plugin_call(owner, f"building model {spec.name!r}"):
+        model = spec.build(params, vocab_size)
+        if not isinstance(model, nn.Module) or int(getattr(model, "context_length", 0) or 0) < 1:
+            raise TypeError(f"build() returned {type(model).__name__}, not a LanguageModel with a context_length")
+    return model
 
 
 def safe_mode_active() -> bool:
@@ -138,6 +180,13 @@ def _import_plugin_file(entry: Path) -> ModuleType:
     return module
 
 
+def _import_folder_plugin(entry: Path, info: PluginInfo) -> ModuleType:
+    """Import a plugin found in a folder; its ``__version__`` becomes ``info.version``."""
+    module = _import_plugin_file(entry)
+    info.version = str(getattr(module, "__version__", "unknown"))
+    return module
+
+
 class PluginRegistry:
     """Every loaded plugin and the tokenizers, models and corpus readers they provide."""
 
@@ -189,17 +238,7 @@ class PluginRegistry:
             builtin = ep.name == BUILTIN_PLUGIN
             version = ep.dist.version if ep.dist is not None else "unknown"
             info = _new_info(ep.name, version, "built-in" if builtin else "installed", ep.value)
-            if not builtin and not wanted(ep.name):
-                info.enabled = False
-                self.plugins.append(info)
-                continue
-            try:
-                plugin = ep.load()
-            except (Exception, SystemExit) as exc:
-                self.plugins.append(info)
-                self._record(info, exc)
-                continue
-            self._add(plugin, info)
+            self._load(info, builtin or wanted(ep.name), ep.load)
 
     def _load_folder(self, folder: Path, wanted: Callable[[str], bool], *, must_exist: bool) -> None:
         if not folder.is_dir():
@@ -219,18 +258,22 @@ class PluginRegistry:
             self._seen_paths.add(entry.resolve())
             name = entry.stem if is_module else entry.name
             info = _new_info(name, "unknown", "folder", str(entry))
-            if not wanted(name):
-                info.enabled = False
-                self.plugins.append(info)
-                continue
-            try:
-                module = _import_plugin_file(entry)
-            except (Exception, SystemExit) as exc:
-                self.plugins.append(info)
-                self._record(info, exc)
-                continue
-            info.version = str(getattr(module, "__version__", "unknown"))
-            self._add(module, info)
+            self._load(info, wanted(name), partial(_import_folder_plugin, entry, info))
+
+    def _load(self, info: PluginInfo, enabled: bool, load: Callable[[], object]) -> None:
+        """Import one plugin with ``load()`` and add it; a disabled one is only listed, and an
+        import failure is recorded (SystemExit too: a plugin module calling exit() at import)."""
+        if not enabled:
+            info.enabled = False
+            self.plugins.append(info)
+            return
+        try:
+            plugin = load()
+        except (Exception, SystemExit) as exc:
+            self.plugins.append(info)
+            self._record(info, exc)
+            return
+        self._add(plugin, info)
 
     def register_module(self, module: ModuleType, name: str, source: str) -> None:
         """Add an already-imported module (or any object with hook functions) as a plugin."""
@@ -390,11 +433,42 @@ class PluginRegistry:
         return {ext: spec.read for ext, spec in self._extensions.items()}
 
     def owner(self, kind: str, name: str) -> str:
-        """The plugin that provides tokenizer/model/corpus reader ``name`` (for error messages)."""
+        """The plugin that provides ``name`` (for error messages).
+
+        ``kind`` is ``"tokenizers"``, ``"models"`` or ``"corpus_readers"``, as in :meth:`tokenizers`,
+        :meth:`models` and :meth:`corpus_readers`; the singular spellings are accepted too.
+        """
         key = _KIND_ALIASES.get(kind, kind)
         if key not in self._owners:
-            raise ValueError(f"unknown kind {kind!r} (use tokenizer, model or corpus_reader)")
+            raise ValueError(f"unknown kind {kind!r} (use tokenizers, models or corpus_readers)")
         info = self._owners[key].get(name)
         if info is None:
             self._lookup(key, name)  # raises the ConfigError listing what is available
         return info.name  # type: ignore[union-attr]
+
+    # ---- calling plugins -------------------------------------------------------------------
+
+    def build_tokenizer(
+        self,
+        name: str,
+        params: Any,
+        texts: Callable[[], Iterable[str]],
+        progress: Callable[[int, int], None] | None,
+    ) -> Tokenizer:
+        """Tokenizer ``name`` built (usually trained on ``texts()``) with validated ``params``.
+
+        Anything but a :class:`~lmstudio_app.tokenizer.Tokenizer` back, or an exception from the
+        plugin, raises :class:`PluginCallError` naming the plugin; an :class:`LMStudioError` from
+        ``progress`` (e.g. :class:`~lmstudio_app.errors.Cancelled`) passes through.
+        """
+        spec = self.tokenizer(name)
+        with plugin_call(self.owner("tokenizers", name), f"building tokenizer {name!r}"):
+            tokenizer = spec.build(params, texts, progress)
+            if not isinstance(tokenizer, Tokenizer):
+                raise TypeError(f"build() returned {type(tokenizer).__name__}, not a lmstudio_app Tokenizer")
+        return tokenizer
+
+    def build_model(self, name: str, params: Any, vocab_size: int) -> LanguageModel:
+        """Model ``name`` for ``vocab_size`` token IDs, on the default device (see
+        :func:`build_model_from_spec`); failures raise :class:`PluginCallError` naming the plugin."""
+        return build_model_from_spec(self.model(name), self.owner("models", name), params, vocab_size)

@@ -1,9 +1,13 @@
-"""The Qt-free state behind one app window: the corpus, the tokenizer, the config, the trainer.
+"""The Qt-free state behind one app window: the corpus, the tokenizer, the config, the run.
 
 The GUI is a thin view over a :class:`Session`: panels read its attributes and call its
 methods (from worker threads for the slow ones: building the tokenizer, tokenizing, creating a
-trainer). Everything here is testable without a display, and nothing here computes what the CLI
-would also need: the work is done by the core modules (data, training, inference).
+trainer), and the session announces every change of its own state on :attr:`Session.events`
+(and the run's on ``session.run.events``): psygnal signals, emitted on the thread that made the
+change; the GUI re-delivers them on its own thread (``gui/events.py``). A panel therefore never
+tells the other panels what it changed: the session does. Everything here is testable without a
+display, and nothing here computes what the CLI would also need: the work is done by the core
+packages (data, training, inference).
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from psygnal import Signal, SignalGroup
+
 from .config import RunConfig, copy_config, load_config, load_preset, merge_config, validate_plugins
 from .data.corpus import TokenizedCorpus, iter_text_chunks, tokenize_corpus
 from .data.files import FileInfo, load_corpus_text
 from .devices import resolve_device
-from .errors import Cancelled, ConfigError, LMStudioError, ParamError, PluginCallError
+from .errors import Cancelled, ConfigError, ParamError
 from .inference.predictor import Predictor, load_predictor
 from .params import build_params, params_to_dict
 from .registry import PluginRegistry
@@ -25,12 +31,15 @@ from .resources import demo_corpus_path, list_presets, preset_path
 from .runs.folder import RunDir
 from .settings import disabled_plugins
 from .tokenizer import Tokenizer
+from .training.controller import RunController
 from .training.model_preview import ModelPreview, preview_model
+from .training.probe import LiveProbe
 from .training.trainer import Trainer
 
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
+DEFAULT_PROMPT = "the cat sat on the"  # the demo grammar's best-known sentence start
 DEFAULT_PRESET = "default"  # learns the demo corpus in about a minute on a laptop CPU
 FAST_CPU_PRESET = "fast-cpu"  # the fastest measured CPU recipe (bench/NOTES.md): the default on a CPU
 
@@ -52,17 +61,36 @@ def default_config() -> RunConfig:
     return config
 
 
+class SessionEvents(SignalGroup):
+    """What changed in a :class:`Session` (see the module docstring); none carries a payload
+    that is not also an attribute of the session, so a late listener can always catch up."""
+
+    corpus_changed = Signal()  # text, file_infos, using_demo, encoding
+    tokenizer_changed = Signal()  # config.tokenizer, or the tokenizer itself (built, cleared, a run's)
+    corpus_tokenized = Signal()  # session.corpus holds token arrays for the current tokenizer
+    data_config_changed = Signal()  # config.data's split settings
+    model_config_changed = Signal()  # config.model (plugin or params)
+    train_config_changed = Signal()  # config.train
+    model_changed = Signal()  # the model to probe is another one (a new run, a loaded run)
+    run_loaded = Signal(object)  # the Path of a run opened for probing (session.loaded_run)
+    prompt_changed = Signal(str)  # the prompt the probing panels show
+
+
 class Session:
     """One window's worth of state.
 
     The GUI thread reads the attributes; the slow methods may run on worker threads. State
     changes happen under a lock, and a result computed from inputs that changed meanwhile is
-    discarded with :class:`Cancelled` rather than stored.
+    discarded with :class:`Cancelled` rather than stored. Events are emitted after the lock is
+    released, so a listener may call back into the session.
     """
 
     def __init__(self, registry: PluginRegistry | None = None, config: RunConfig | None = None) -> None:
         self.registry = registry if registry is not None else PluginRegistry.discover(disabled=disabled_plugins())
+        self.events = SessionEvents()
+        self.run = RunController()  # the training run: its state and events (run.events)
         self.config: RunConfig = copy_config(config) if config is not None else default_config()
+        self.prompt = DEFAULT_PROMPT
         self.file_infos: list[FileInfo] = []
         self.text = ""
         self.using_demo = True
@@ -72,7 +100,8 @@ class Session:
         self.trainer: Trainer | None = None
         self.loaded_run: Path | None = None
         self._loaded_predictor: Predictor | None = None
-        self._trainer_predictor: Predictor | None = None
+        self._probe: LiveProbe | None = None  # the live trainer's weights, copied to probe them
+        self.run.events.model_updated.connect(self._on_weights_moved)
         # Bumped whenever the text or the tokenizer settings change, so a tokenizer or corpus
         # computed in a worker thread from stale inputs is thrown away instead of stored.
         self._generation = 0
@@ -91,6 +120,7 @@ class Session:
             self.text, self.file_infos, self.using_demo, self.encoding = text, infos, True, "utf-8"
             self.config.data.files = []
             self._invalidate(tokenizer=True)
+        self._emit(self.events.corpus_changed, self.events.tokenizer_changed)
 
     def set_files(self, paths: Sequence[str | Path], encoding: str = "utf-8",
                   progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> None:
@@ -106,6 +136,7 @@ class Session:
             self.text, self.file_infos, self.using_demo, self.encoding = text, infos, False, encoding
             self.config.data.files = [str(Path(p)) for p in paths]
             self._invalidate(tokenizer=True)
+        self._emit(self.events.corpus_changed, self.events.tokenizer_changed)  # a new text, a new tokenizer
 
     def add_files(self, paths: Sequence[str | Path], encoding: str | None = None,
                   progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> None:
@@ -137,47 +168,98 @@ class Session:
         merged = {**params_to_dict(self.config.data), **dict(values)}
         new_data = build_params(type(self.config.data), merged, "data")
         with self._lock:
+            if new_data == self.config.data:
+                return
             self.config.data = new_data
             self._invalidate(tokenizer=False)
+        self._emit(self.events.data_config_changed)
 
     # ---- settings -------------------------------------------------------------------------
 
     def set_tokenizer(self, plugin: str, params: Mapping[str, Any]) -> None:
         spec = self.registry.tokenizer(plugin)  # ConfigError naming the available ones
-        checked = build_params(spec.params, dict(params), "tokenizer")
+        checked = params_to_dict(build_params(spec.params, dict(params), "tokenizer"))
         with self._lock:
+            if self._same_choice(self.config.tokenizer, plugin, checked, spec.params):
+                return
             self.config.tokenizer.plugin = plugin
-            self.config.tokenizer.params = params_to_dict(checked)
+            self.config.tokenizer.params = checked
             self._invalidate(tokenizer=True)
+        self._emit(self.events.tokenizer_changed)
 
     def set_model(self, plugin: str, params: Mapping[str, Any]) -> None:
         spec = self.registry.model(plugin)
-        checked = build_params(spec.params, dict(params), "model")
-        self.config.model.plugin = plugin
-        self.config.model.params = params_to_dict(checked)
+        checked = params_to_dict(build_params(spec.params, dict(params), "model"))
+        with self._lock:
+            if self._same_choice(self.config.model, plugin, checked, spec.params):
+                return
+            self.config.model.plugin = plugin
+            self.config.model.params = checked
+        self._emit(self.events.model_config_changed)
+
+    @staticmethod
+    def _same_choice(choice: Any, plugin: str, checked: dict[str, Any], params_cls: type) -> bool:
+        """Whether ``plugin`` with ``checked`` params is what ``choice`` already says (its params
+        may leave defaults out: a preset names only what it changes)."""
+        if choice.plugin != plugin:
+            return False
+        try:
+            return params_to_dict(build_params(params_cls, dict(choice.params), "current")) == checked
+        except ParamError:
+            return False
 
     def set_train(self, values: Mapping[str, Any]) -> None:
         merged = {**params_to_dict(self.config.train), **dict(values)}
-        self.config.train = build_params(type(self.config.train), merged, "train")
+        new_train = build_params(type(self.config.train), merged, "train")
+        with self._lock:
+            if new_train == self.config.train:
+                return
+            self.config.train = new_train
+        self._emit(self.events.train_config_changed)
 
     def apply_preset(self, name_or_path: str | Path) -> None:
         """Overlay a preset (a bundled name like ``fast-cpu`` or a TOML path); the data stays."""
+        if self.run.state.active:
+            raise ConfigError(f"{name_or_path}: stop the training before changing the settings")
         name = str(name_or_path)
         path = preset_path(name) if name in list_presets() else Path(name_or_path)
         new_config = load_preset(path, self.config)
         validate_plugins(new_config, self.registry)  # reject a preset naming a missing plugin
         with self._lock:
-            tokenizer_changed = new_config.tokenizer != self.config.tokenizer
-            new_config.data = self.config.data
+            old = self.config
+            new_config.data = old.data
             self.config = new_config
-            if tokenizer_changed:
+            if new_config.tokenizer != old.tokenizer:
                 self._invalidate(tokenizer=True)
+        self._emit(*self._config_events(old, new_config))
+
+    def _config_events(self, old: RunConfig, new: RunConfig) -> list[Any]:
+        """The events for the config sections that differ between ``old`` and ``new``."""
+        pairs = ((old.data, new.data, self.events.data_config_changed),
+                 (old.tokenizer, new.tokenizer, self.events.tokenizer_changed),
+                 (old.model, new.model, self.events.model_config_changed),
+                 (old.train, new.train, self.events.train_config_changed))
+        return [event for before, after, event in pairs if before != after]
+
+    def set_prompt(self, text: str) -> None:
+        """The prompt the probing panels show (the predictions panel edits it)."""
+        with self._lock:
+            if text == self.prompt:
+                return
+            self.prompt = text
+        self.events.prompt_changed.emit(text)
 
     def _invalidate(self, *, tokenizer: bool) -> None:
         self._generation += 1
         self.corpus = None
         if tokenizer:
             self.tokenizer = None
+
+    @staticmethod
+    def _emit(*events: Any) -> None:
+        """Emit after the state change is complete and the lock released (listeners may call back)."""
+        for event in events:
+            event.emit()
 
     # ---- tokenizer and corpus -------------------------------------------------------------
 
@@ -199,7 +281,7 @@ class Session:
         with self._lock:
             generation, text = self._generation, self.text
             tok_params, _ = validate_plugins(self.config, self.registry)
-            spec = self.registry.tokenizer(self.config.tokenizer.plugin)
+            plugin = self.config.tokenizer.plugin
 
         def report(done: int, total: int) -> None:
             if cancel is not None and cancel():
@@ -208,19 +290,12 @@ class Session:
                 progress(done, total)
 
         report(0, 1)
-        try:
-            tokenizer = spec.build(tok_params, lambda: iter_text_chunks(text), report)
-            if not isinstance(tokenizer, Tokenizer):
-                raise TypeError(f"build() returned {type(tokenizer).__name__}, not a lmstudio_app Tokenizer")
-        except LMStudioError:
-            raise
-        except Exception as exc:  # plugin code: name the plugin instead of crashing
-            owner = self.registry.owner("tokenizers", spec.name)
-            raise PluginCallError(owner, f"building tokenizer {spec.name!r}", exc) from exc
+        tokenizer = self.registry.build_tokenizer(plugin, tok_params, lambda: iter_text_chunks(text), report)
         with self._lock:
             self._check_current(generation)
             self.tokenizer = tokenizer
             self.corpus = None  # token arrays always belong to the current tokenizer
+        self._emit(self.events.tokenizer_changed)
         return tokenizer
 
     def tokenize(self, progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> TokenizedCorpus:
@@ -234,6 +309,7 @@ class Session:
             if self.tokenizer is not tokenizer:  # rebuilt meanwhile: these IDs would not match it
                 raise Cancelled("the tokenizer was rebuilt meanwhile; tokenize again")
             self.corpus = corpus
+        self._emit(self.events.corpus_tokenized)
         return corpus
 
     def _check_current(self, generation: int) -> None:
@@ -252,6 +328,15 @@ class Session:
 
     # ---- training and probing -------------------------------------------------------------
 
+    def start_training(self) -> None:
+        """Prepare a new run on the session's corpus (in a new run folder) and train it on the
+        run's thread (:attr:`run`); its progress comes as ``run.events``."""
+        self.run.start(self.create_trainer)
+
+    def resume_training(self, run_dir: str | Path, train: Mapping[str, Any] | None = None) -> None:
+        """Continue a saved run on the run's thread (see :meth:`resume_trainer`)."""
+        self.run.start(lambda: self.resume_trainer(run_dir, train))
+
     def create_trainer(self, run_dir: str | Path | None = None) -> Trainer:
         """A new run on the session's corpus; the tokenizer and token arrays are reused."""
         with self._lock:
@@ -263,7 +348,9 @@ class Session:
                 if self.corpus is not corpus:  # the data changed while tokenizing
                     raise Cancelled("the corpus changed while preparing the run; start again")
         trainer = Trainer(copy_config(self.config), self.registry, run_dir, tokenizer=tokenizer, corpus=corpus)
-        self._adopt_trainer(trainer)
+        with self._lock:
+            self._adopt_trainer(trainer)
+        self._emit(self.events.model_changed)
         return trainer
 
     def resume_trainer(self, run_dir: str | Path, train: Mapping[str, Any] | None = None) -> Trainer:
@@ -288,37 +375,66 @@ class Session:
         corpus = tokenize_corpus(tokenizer, text, data.val_fraction, data.val_split)
         trainer = Trainer(config, self.registry, run_dir, resume=True, tokenizer=tokenizer, corpus=corpus)
         with self._lock:
+            old = self.config
             self._adopt_trainer(trainer)
             self.text, self.file_infos, self.using_demo, self.encoding = text, infos, using_demo, "utf-8"
             self._invalidate(tokenizer=True)
             self.tokenizer, self.corpus = tokenizer, corpus
             self.config = copy_config(trainer.config)
+        events = self.events
+        self._emit(events.corpus_changed, *self._config_events(old, self.config), events.tokenizer_changed,
+                   events.corpus_tokenized, events.model_changed)
         return trainer
 
     def _adopt_trainer(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self._trainer_predictor = None
+        self._probe = LiveProbe(trainer)
         self._loaded_predictor = None
         self.loaded_run = None
 
     def load_run(self, run_dir: str | Path) -> None:
         """Open a finished (or paused elsewhere) run for probing: its model, tokenizer and config."""
+        if self.run.state.active:
+            raise ConfigError(f"{run_dir}: stop the training before opening another run")
         path = Path(run_dir)
         predictor = load_predictor(path, self.registry, self.config.train.device)
         config = load_config(path / "config.toml")
         with self._lock:
+            old = self.config
             self.trainer = None
-            self._trainer_predictor = None
+            self._probe = None
             self._loaded_predictor = predictor
             self.loaded_run = path
             self.config = config
             self._invalidate(tokenizer=True)
             self.tokenizer = predictor.tokenizer  # the run's own tokenizer, matching its model
+        events = self.events
+        self._emit(*self._config_events(old, config), events.tokenizer_changed, events.model_changed)
+        events.run_loaded.emit(path)
 
-    def predictor(self) -> Predictor | None:
-        """The live trainer's predictor (it takes the trainer's lock), else a loaded run's."""
-        if self.trainer is not None:
-            if self._trainer_predictor is None:
-                self._trainer_predictor = self.trainer.predictor()
-            return self._trainer_predictor
+    def predictor(self, fresh: bool = True) -> Predictor | None:
+        """What to probe: the live trainer's model, else a loaded run's; None before either.
+
+        The live model is probed through a copy of its weights (:class:`LiveProbe`): queries never
+        wait for a training step. With ``fresh``, a copy older than the latest evaluation, pause
+        or end of the run is first brought up to date (waiting for the current step, if any);
+        without, the copy is used as it is (what a keystroke in the prompt wants).
+        """
+        probe = self._probe
+        if probe is not None:
+            return probe.predictor(refresh=fresh)
         return self._loaded_predictor
+
+    def has_model(self) -> bool:
+        """Whether there is a model to probe (a live or loaded run), without touching it."""
+        return self._probe is not None or self._loaded_predictor is not None
+
+    @property
+    def probe_step(self) -> int | None:
+        """The training step whose weights the live probe holds (None without a live trainer)."""
+        return self._probe.step if self._probe is not None else None
+
+    def _on_weights_moved(self) -> None:
+        probe = self._probe
+        if probe is not None:
+            probe.mark_stale()

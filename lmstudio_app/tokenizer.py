@@ -59,9 +59,6 @@ class Tokenizer:
         """The text a single token decodes to (e.g. 'ing', ' the', '\\n')."""
         return self.hf.decode([token_id], skip_special_tokens=False)
 
-    def token_strings(self) -> list[str]:
-        return [self.token_string(i) for i in range(self.vocab_size)]
-
     @property
     def unk_id(self) -> int | None:
         for name in ("<unk>", "[UNK]", "<|unk|>"):

@@ -14,7 +14,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from torch import nn
 
 from lmstudio_app.errors import LMStudioError, ParamError
-from lmstudio_app.inference.predictor import EmptyPromptError, Predictor, filter_probs, softmax
+from lmstudio_app.inference.distributions import filter_probs, softmax
+from lmstudio_app.inference.predictor import EmptyPromptError, Predictor
 from lmstudio_app.model_api import LanguageModel
 from lmstudio_app.tokenizer import Tokenizer
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmstudio_app import ModelSpec, hookimpl
-from lmstudio_app.errors import ConfigError
-from lmstudio_app.registry import PluginRegistry, safe_mode_active
+from lmstudio_app import ModelSpec, TokenizerSpec, hookimpl
+from lmstudio_app.errors import Cancelled, ConfigError, PluginCallError
+from lmstudio_app.registry import PluginRegistry, build_model_from_spec, plugin_call, safe_mode_active
 
 FAKES = Path(__file__).parent / "plugins"
 
@@ -54,8 +54,8 @@ def test_builtins_come_from_the_entry_point() -> None:
     assert list(registry.tokenizers()) == builtin.provides["tokenizers"]
     assert list(registry.models()) == builtin.provides["models"]
     assert registry.reader_for("notes/README.MD") is registry.reader_for("a.txt") is not None
-    assert registry.owner("model", "gpt") == "builtins"
-    assert registry.owner("tokenizer", "char") == "builtins"
+    assert registry.owner("models", "gpt") == "builtins"
+    assert registry.owner("tokenizers", "char") == "builtins"
 
 
 def test_good_plugin_loads_and_its_specs_work(tmp_path: Path) -> None:
@@ -116,7 +116,7 @@ def test_broken_plugin_is_recorded_and_the_rest_still_works(
 
 def test_a_raising_hook_does_not_stop_the_plugins_other_hooks(tmp_path: Path) -> None:
     registry = folder_only(plugin_dir(tmp_path, "raising_plugin"))
-    assert registry.owner("corpus_reader", "shouty") == "raising_plugin"
+    assert registry.owner("corpus_readers", "shouty") == "raising_plugin"
     assert registry.reader_for(tmp_path / "NOTES.SHOUT").name == "shouty"
     assert registry.reader_for(tmp_path / "notes.txt") is None
     loud = tmp_path / "loud.shout"
@@ -185,9 +185,9 @@ def test_duplicate_names_first_plugin_wins(tmp_path: Path) -> None:
         "ValueError: model 'gpt' is already provided by built-in",
         "ValueError: model 'test-tiny' is already provided by plugin 'good_plugin'",
     ]
-    assert registry.owner("model", "gpt") == "builtins"
-    assert registry.owner("model", "test-tiny") == "good_plugin"
-    assert registry.owner("model", "dup-unique") == "duplicate_plugin"
+    assert registry.owner("models", "gpt") == "builtins"
+    assert registry.owner("models", "test-tiny") == "good_plugin"
+    assert registry.owner("models", "dup-unique") == "duplicate_plugin"
     assert info(registry, "duplicate_plugin").provides["models"] == ["dup-unique"]
 
 
@@ -201,7 +201,7 @@ def test_unknown_names_raise_config_error_listing_available(tmp_path: Path) -> N
     ):
         registry.tokenizer("x")
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
-        registry.owner("model", "nope")
+        registry.owner("models", "nope")
     assert "available: none" in str(pytest.raises(ConfigError, folder_only().model, "gpt").value)
 
 
@@ -313,7 +313,7 @@ def test_register_module(tmp_path: Path) -> None:
     module.lmstudio_models = lmstudio_models
     registry = folder_only()
     registry.register_module(module, "embedded", "test")
-    assert registry.owner("model", "embedded") == "embedded"
+    assert registry.owner("models", "embedded") == "embedded"
     assert (registry.plugins[0].version, registry.plugins[0].source) == ("2.0", "test")
     registry.register_module(module, "embedded-again", "test")  # the same object twice
     assert [e.name for e in registry.errors] == ["embedded-again"]
@@ -325,4 +325,117 @@ def test_repo_plugins_folder_does_not_load_the_builtins_twice() -> None:
     registry = PluginRegistry.discover([FAKES.parent.parent / "plugins"], use_user_dir=False)
     assert registry.errors == []
     assert [p.name for p in registry.plugins] == ["builtins", "lstm_example"]
-    assert registry.owner("model", "lstm") == "lstm_example"
+    assert registry.owner("models", "lstm") == "lstm_example"
+
+
+def test_owner_takes_the_plural_kind_and_the_singular_too(tmp_path: Path) -> None:
+    registry = folder_only(plugin_dir(tmp_path, "good_plugin"))
+    assert registry.owner("models", "test-tiny") == registry.owner("model", "test-tiny") == "good_plugin"
+    assert registry.owner("tokenizers", "test-char") == registry.owner("tokenizer", "test-char") == "good_plugin"
+    with pytest.raises(ValueError, match="use tokenizers, models or corpus_readers"):
+        registry.owner("widgets", "test-tiny")
+
+
+# ---- calling plugin code -------------------------------------------------------------------
+
+
+def test_plugin_call_names_the_plugin_and_lets_the_apps_own_errors_through() -> None:
+    with pytest.raises(PluginCallError) as info:
+        with plugin_call("my_plugin", "building model 'x'"):
+            raise KeyError("n_head")
+    assert info.value.plugin == "my_plugin" and isinstance(info.value.original, KeyError)
+    assert str(info.value) == "plugin 'my_plugin' failed in building model 'x': KeyError: 'n_head'"
+    assert info.value.__cause__ is info.value.original
+    with pytest.raises(Cancelled):  # an LMStudioError already explains itself
+        with plugin_call("my_plugin", "building a tokenizer"):
+            raise Cancelled("building the tokenizer was cancelled")
+    with pytest.raises(KeyboardInterrupt):  # not an Exception: never wrapped
+        with plugin_call("my_plugin", "training"):
+            raise KeyboardInterrupt
+    with plugin_call("my_plugin", "nothing"):
+        pass  # no exception, nothing happens
+
+
+def _factories_plugin(tokenizer_build, model_build) -> types.ModuleType:
+    """A plugin named "factories" with one tokenizer ("tok") and one model ("net")."""
+    import dataclasses
+
+    params = dataclasses.make_dataclass("P", [])
+    module = types.ModuleType("factories")
+    module.lmstudio_tokenizers = hookimpl(lambda: [TokenizerSpec("tok", "test", params, tokenizer_build)])
+    module.lmstudio_models = hookimpl(lambda: [ModelSpec("net", "test", params, model_build)])
+    return module
+
+
+def _registry_with(tokenizer_build, model_build) -> PluginRegistry:
+    registry = folder_only()
+    registry.register_module(_factories_plugin(tokenizer_build, model_build), "factories", "test")
+    assert registry.errors == []
+    return registry
+
+
+def test_build_tokenizer_and_build_model_return_what_the_plugin_built(tmp_path: Path) -> None:
+    good = folder_only(plugin_dir(tmp_path, "good_plugin"))
+    tok_params = good.tokenizer("test-char").params()
+    tokenizer = good.build_tokenizer("test-char", tok_params, lambda: iter(["abc"]), None)
+    assert tokenizer.decode(tokenizer.encode("cab")) == "cab"
+    model = good.build_model("test-tiny", good.model("test-tiny").params(context_length=8), tokenizer.vocab_size)
+    assert model.context_length == 8 and model.vocab_size == tokenizer.vocab_size
+    with torch.device("meta"):  # the model preview builds on the meta device
+        meta = build_model_from_spec(good.model("test-tiny"), "good_plugin", good.model("test-tiny").params(), 5)
+    assert next(meta.parameters()).device.type == "meta"
+
+
+def test_build_tokenizer_names_the_plugin_when_its_factory_raises_or_returns_the_wrong_type() -> None:
+    def raises(params, texts, progress):
+        raise KeyError("missing merges")
+
+    registry = _registry_with(raises, lambda p, v: None)
+    with pytest.raises(PluginCallError) as info:
+        registry.build_tokenizer("tok", None, lambda: iter(["abc"]), None)
+    assert info.value.plugin == "factories"
+    assert str(info.value) == "plugin 'factories' failed in building tokenizer 'tok': KeyError: 'missing merges'"
+
+    registry = _registry_with(lambda params, texts, progress: "not a tokenizer", lambda p, v: None)
+    with pytest.raises(PluginCallError) as info:
+        registry.build_tokenizer("tok", None, lambda: iter(["abc"]), None)
+    assert str(info.value) == (
+        "plugin 'factories' failed in building tokenizer 'tok': "
+        "TypeError: build() returned str, not a lmstudio_app Tokenizer"
+    )
+
+    def cancels(params, texts, progress):
+        progress(0, 1)
+
+    def cancelled(done: int, total: int) -> None:
+        raise Cancelled("building the tokenizer was cancelled")
+
+    registry = _registry_with(cancels, lambda p, v: None)
+    with pytest.raises(Cancelled):  # the caller's own error is not the plugin's
+        registry.build_tokenizer("tok", None, lambda: iter(["abc"]), cancelled)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda p, v: {}["n_head"], "KeyError: 'n_head'"),
+        (lambda p, v: None, "TypeError: build() returned NoneType, not a LanguageModel with a context_length"),
+        (lambda p, v: torch.nn.Linear(2, 2),
+         "TypeError: build() returned Linear, not a LanguageModel with a context_length"),
+    ],
+    ids=["raises", "not-a-module", "no-context-length"],
+)
+def test_build_model_names_the_plugin_when_its_factory_raises_or_returns_the_wrong_type(build, message) -> None:
+    registry = _registry_with(lambda params, texts, progress: None, build)
+    with pytest.raises(PluginCallError) as info:
+        registry.build_model("net", None, 10)
+    assert info.value.plugin == "factories"
+    assert str(info.value) == f"plugin 'factories' failed in building model 'net': {message}"
+
+
+def test_building_an_unknown_plugin_lists_the_available_ones() -> None:
+    registry = _registry_with(lambda params, texts, progress: None, lambda p, v: None)
+    with pytest.raises(ConfigError, match=r"unknown model 'gpt' \(available: net\)"):
+        registry.build_model("gpt", None, 10)
+    with pytest.raises(ConfigError, match=r"unknown tokenizer 'char' \(available: tok\)"):
+        registry.build_tokenizer("char", None, lambda: iter([]), None)

@@ -10,66 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmstudio_app.config import RunConfig, load_preset
 from lmstudio_app.errors import Cancelled, ConfigError, DataError, ParamError
 from lmstudio_app.params import build_params
-from lmstudio_app.registry import PluginRegistry
 from lmstudio_app.resources import demo_corpus_path
 from lmstudio_app.session import Session, default_config
 
-TINY = """
-[tokenizer]
-plugin = "char"
-[model]
-plugin = "gpt"
-n_layer = 1
-n_embd = 32
-n_head = 2
-context_length = 16
-[train]
-device = "cpu"
-dtype = "float32"
-batch_size = 4
-max_steps = 12
-warmup_steps = 2
-eval_interval = 6
-eval_batches = 2
-log_interval = 2
-sample_tokens = 8
-"""
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("LMSTUDIO_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("LMSTUDIO_PLUGINS", raising=False)
-    return tmp_path / "home"
-
-
-@pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry.discover(use_user_dir=False)
-
-
-@pytest.fixture
-def tiny_config(tmp_path: Path) -> RunConfig:
-    preset = tmp_path / "tiny.toml"
-    preset.write_text(TINY, encoding="utf-8")
-    return load_preset(preset, RunConfig())
-
-
-@pytest.fixture
-def text_file(tmp_path: Path) -> Path:
-    path = tmp_path / "small.txt"
-    path.write_text("the cat sat on the mat .\nthe dog sat on the rug .\n" * 60, encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def session(registry, tiny_config, text_file) -> Session:
-    s = Session(registry, tiny_config)
-    s.set_files([text_file])
-    return s
+pytestmark = pytest.mark.usefixtures("home")  # settings and runs under tmp_path, never the real home
 
 
 def test_new_session_starts_on_the_demo_corpus_with_a_bundled_preset(registry):
@@ -198,9 +144,13 @@ def test_create_trainer_reuses_the_tokenizer_and_corpus_and_exposes_a_predictor(
         pass
     assert last is not None and last.step == 12
     predictor = session.predictor()
-    assert predictor is not None and predictor.lock is trainer.lock
-    assert session.predictor() is predictor  # cached per trainer
+    # Probing runs on a copy of the live weights (never waiting for a step), equal to them.
+    assert predictor is not None and predictor.model is not trainer.model and predictor.lock is not trainer.lock
+    live = dict(trainer.model.state_dict())
+    assert all(torch.equal(value, live[name]) for name, value in predictor.model.state_dict().items())
+    assert session.predictor() is predictor and session.probe_step == 12  # cached per trainer
     prediction = predictor.next_token("the cat")
+    assert prediction.probs == pytest.approx(trainer.predictor().next_token("the cat").probs)
     assert prediction.probs.sum() == pytest.approx(1.0)
     assert prediction.candidates[0].prob == pytest.approx(prediction.probs.max())
     # the trainer works on a copy: later edits in the session do not reach it

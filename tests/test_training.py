@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from lmstudio_app import hookimpl
-from lmstudio_app.config import config_from_dict
+from lmstudio_app.config import TrainConfig, config_from_dict
 from lmstudio_app.errors import CheckpointError, ConfigError, ParamError, PluginCallError, TrainingError
 from lmstudio_app.params import param
 from lmstudio_app.registry import PluginRegistry
 from lmstudio_app.runs.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
 from lmstudio_app.runs.folder import RunDir
 from lmstudio_app.specs import ModelSpec, TokenizerSpec
-from lmstudio_app.training.control import StepMetrics, TrainingControl
+from lmstudio_app.training.control import StepMetrics, StepPlan, TrainingControl
 from lmstudio_app.training.trainer import Trainer
 
 REQUIRED_KEYS = {"step", "elapsed_s", "train_loss", "lr", "tokens_per_s"}
@@ -130,6 +130,32 @@ def test_stop_while_paused_ends_the_loop():
     control.stop()
     waiter.join(5)
     assert results == [False] and control.stop_requested and not control.paused
+
+
+def _plans(**train) -> dict[str, list[int]]:
+    """The steps (1..max_steps) at which each of StepPlan's decisions is taken."""
+    cfg = TrainConfig(**train)
+    plans = {step: StepPlan.at(step, cfg) for step in range(1, cfg.max_steps + 1)}
+    return {what: [step for step, plan in plans.items() if getattr(plan, what)]
+            for what in ("last", "evaluate", "sample", "checkpoint", "log", "syncs")}
+
+
+def test_step_plan_evaluates_at_the_interval_and_the_last_step_and_checkpoints_with_each_evaluation():
+    steps = _plans(max_steps=25, eval_interval=10, log_interval=4, checkpoint_interval=0, sample_tokens=5)
+    assert steps["last"] == [25]
+    assert steps["evaluate"] == steps["sample"] == [10, 20, 25]
+    assert steps["checkpoint"] == [10, 20, 25]  # checkpoint_interval 0: with each evaluation
+    assert steps["log"] == [4, 8, 10, 12, 16, 20, 24, 25]  # every evaluation is reported too
+    assert steps["syncs"] == steps["log"]
+
+
+def test_step_plan_checkpoints_at_its_own_interval_and_at_the_end():
+    steps = _plans(max_steps=20, eval_interval=8, log_interval=100, checkpoint_interval=6, sample_tokens=0)
+    assert steps["evaluate"] == [8, 16, 20] and steps["sample"] == []  # sample_tokens 0: no samples
+    assert steps["checkpoint"] == [6, 12, 18, 20]
+    assert steps["log"] == [8, 16, 20]
+    assert steps["syncs"] == [6, 8, 12, 16, 18, 20]  # a checkpoint checks the losses first
+    assert StepPlan.at(21, TrainConfig(max_steps=20)).last  # a resumed run past its end stops too
 
 
 @pytest.mark.parametrize("crash", [False, True])

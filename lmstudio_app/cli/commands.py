@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="the most likely next tokens after TEXT")
     predict.add_argument("run_dir", metavar="RUN_DIR")
     predict.add_argument("text", metavar="TEXT")
-    predict.add_argument("--top-k", type=int, default=10, metavar="K", help="candidates to list (default 10)")
+    predict.add_argument("--top-k", type=int, default=10, metavar="K", help="candidates to list (default %(default)s)")
     predict.add_argument("--temperature", type=float, default=1.0, metavar="T")
     predict.add_argument("--top-p", type=float, metavar="P", help="nucleus filter shown in the 'sampled' column")
     predict.add_argument("--json", action="store_true", help="print JSON: tokens and next-token candidates")

@@ -1,7 +1,7 @@
 """The main window: menus, dockable panels over one Session, the status bar, drag and drop.
 
-Every panel gets the same :class:`Session` and :class:`AppEvents`; panels never call each
-other. The dock layout and window geometry are saved in the user settings when the window
+Every panel gets the same :class:`Session` and :class:`AppEvents` (the session's events,
+re-delivered on the GUI thread); panels never call each other. The dock layout and window geometry are saved in the user settings when the window
 closes and restored when it opens.
 """
 
@@ -19,8 +19,9 @@ from ..devices import describe_device, resolve_device, training_threads
 from ..errors import ConfigError, LMStudioError
 from ..resources import resource_path
 from ..session import Session
-from ..settings import load_settings, recent_files, save_settings
+from ..settings import default_runs_dir, load_settings, recent_files, save_settings
 from ..training.control import StepMetrics
+from ..training.controller import RunState
 from . import dialogs, gc_guard
 from .events import AppEvents
 from .export_actions import ExportActions
@@ -52,7 +53,7 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         gc_guard.install()  # cycles are freed in this thread, never in the training thread
         self.session = session
-        self.events = AppEvents(self)
+        self.events = AppEvents(session, self)
         self.setObjectName("mainWindow")
         self.setAcceptDrops(True)
         self.setDockNestingEnabled(True)
@@ -87,8 +88,8 @@ class MainWindow(QMainWindow):
         self.events.training_step.connect(self._on_training_step)
         self.events.training_started.connect(self._on_training_started)
         self.events.training_finished.connect(self._on_training_finished)
-        self.events.training_paused.connect(self._update_actions)
-        self.events.training_resumed.connect(self._update_actions)
+        self.events.run_state_changed.connect(self._update_actions)
+        self.events.run_loaded.connect(self._on_run_loaded)
         self.events.train_config_changed.connect(self._update_device_label)
         self.events.corpus_changed.connect(self._update_title)
         self.panels["model"].preview_ready.connect(
@@ -183,27 +184,19 @@ class MainWindow(QMainWindow):
             self.data_panel.load_paths([folder], replace=True)
 
     def open_run(self) -> None:
-        from ..settings import default_runs_dir
-
         folder = QFileDialog.getExistingDirectory(self, "Open a run to probe", str(default_runs_dir()))
         if folder:
             self.load_run(folder)
 
     def load_run(self, run_dir: str | Path) -> None:
-        """Load a saved run for probing (in the background); refused while training."""
-        if self.training_panel.is_training():
-            raise ConfigError(f"{run_dir}: stop the training before opening another run")
+        """Load a saved run for probing (in the background); the session refuses it while training."""
         self.statusBar().showMessage(f"Loading {run_dir}…")
         run_in_thread(lambda report, cancelled: self.session.load_run(run_dir),
-                      on_done=lambda _: self._on_run_loaded(Path(run_dir)),
                       on_error=lambda exc, details: dialogs.show_exception(self, exc, None
                                                                            if isinstance(exc, LMStudioError)
                                                                            else details))
 
     def _on_run_loaded(self, run_dir: Path) -> None:
-        for signal in (self.events.tokenizer_changed, self.events.model_config_changed,
-                       self.events.train_config_changed, self.events.model_updated):
-            signal.emit()
         self.statusBar().showMessage(f"Loaded run {run_dir.name}: probe it in the Predictions panel", 8000)
 
     def save_config_as(self) -> None:
@@ -317,13 +310,13 @@ class MainWindow(QMainWindow):
         self._show_training_step()
         self._update_actions()
 
-    def _update_actions(self) -> None:
-        state = self.training_panel.state
-        self.start_action.setEnabled(state == "idle")
-        self.pause_action.setEnabled(state in ("running", "paused"))
-        self.stop_action.setEnabled(state in ("running", "paused"))
+    def _update_actions(self, *_args: object) -> None:
+        state = self.session.run.state
+        self.start_action.setEnabled(not state.active)
+        self.pause_action.setEnabled(state in (RunState.TRAINING, RunState.PAUSED))
+        self.stop_action.setEnabled(state in (RunState.TRAINING, RunState.PAUSED))
         self.save_checkpoint_action.setEnabled(self.session.trainer is not None)
-        self.open_run_action.setEnabled(state == "idle")
+        self.open_run_action.setEnabled(not state.active)
 
     def _update_title(self) -> None:
         infos = self.session.file_infos
@@ -356,6 +349,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Stopping the training and saving a checkpoint…")
             self.training_panel.stop_and_wait()
         self.save_layout()
+        self.events.detach()  # the session may outlive this window
         for panel in self.panels.values():
             shutdown = getattr(panel, "shutdown", None)
             if callable(shutdown):

@@ -26,7 +26,8 @@ class PlotPalette:
     grid_alpha: float
 
 
-ERROR_STYLE = "color: #d0312d;"  # inline messages saying what is wrong (readable on light and dark)
+ERROR_COLOR = "#d0312d"  # what is wrong: readable on light and dark backgrounds
+ERROR_STYLE = f"color: {ERROR_COLOR};"  # inline messages saying what is wrong
 
 LIGHT = PlotPalette("#ffffff", "#303030", "#1f77b4", "#1f77b440", "#d62728", "#2ca02c", 0.25)
 DARK = PlotPalette("#1e1e1e", "#d0d0d0", "#5aa9e6", "#5aa9e650", "#ff6b6b", "#7bd88f", 0.2)

@@ -13,7 +13,6 @@ import contextlib
 import math
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,9 +23,33 @@ from ..errors import LMStudioError, ParamError, PluginCallError
 from ..model_api import LanguageModel
 from ..runs.loading import load_run
 from ..tokenizer import Token, Tokenizer
+from .distributions import (
+    NextTokenPrediction,
+    TokenSurprise,
+    build_prediction,
+    check_sampling,
+    filter_probs,
+    softmax,
+)
+from .scoring import MAX_SCORED_LOGITS, PromptScore
 
 if TYPE_CHECKING:
     from ..registry import PluginRegistry
+
+
+def _losses(logits: torch.Tensor, targets: list[int]) -> list[float]:
+    """-ln p(targets[j]) under row j of ``logits`` ``(n, V)``, on the device (only n numbers leave it)."""
+    if not targets:
+        return []
+    rows = logits[: len(targets)]
+    if rows.device.type != "mps":  # MPS has no float64
+        rows = rows.double()
+    wanted = torch.tensor(targets, dtype=torch.long, device=rows.device).unsqueeze(1)
+    return (-torch.log_softmax(rows, dim=-1).gather(1, wanted).squeeze(1)).cpu().tolist()
+
+
+def _surprises(tokens: list[Token], losses: list[float | None]) -> list[TokenSurprise]:
+    return [TokenSurprise(t, None if loss is None else math.exp(-loss), loss) for t, loss in zip(tokens, losses)]
 
 
 class EmptyPromptError(ParamError):
@@ -34,84 +57,6 @@ class EmptyPromptError(ParamError):
 
     def __init__(self) -> None:
         super().__init__("the prompt is empty — type some text")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One possible next token."""
-
-    id: int
-    text: str
-    logit: float  # the model's raw score
-    prob: float  # softmax(logits / temperature) over the full vocabulary
-    sample_prob: float  # after top-k/top-p filtering, renormalised: what sampling uses (0 if cut)
-
-
-@dataclass
-class NextTokenPrediction:
-    """The model's view of the token after ``tokens[position]``."""
-
-    tokens: list[Token]  # the whole prompt
-    position: int  # index of the token after which we predict
-    candidates: list[Candidate]  # sorted by prob, descending
-    probs: np.ndarray  # (V,) float64, sums to 1
-    logits: np.ndarray  # (V,) raw logits
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    entropy: float  # nats, of probs
-    context_start: int = 0  # first token the model saw (longer prompts are cropped)
-    unknown_chars: list[str] = field(default_factory=list)  # text mapped to the unknown token
-
-    def to_json(self) -> dict:
-        return {
-            "tokens": [{"id": t.id, "text": t.text, "start": t.start, "end": t.end} for t in self.tokens],
-            "next": [{"id": c.id, "text": c.text, "logit": c.logit, "prob": c.prob} for c in self.candidates],
-        }
-
-
-@dataclass(frozen=True)
-class TokenSurprise:
-    """How likely the model found one token of a text, given the tokens before it."""
-
-    token: Token
-    prob: float | None  # None for the first token (nothing to predict it from)
-    loss: float | None  # -ln(prob), nats
-
-
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Validate sampling settings; raise :class:`ParamError` naming the bad one."""
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ParamError(f"temperature: must be above 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ParamError(f"top_k: must be a whole number of at least 1, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ParamError(f"top_p: must be above 0 and at most 1, got {top_p!r}")
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Numerically stable softmax in float64."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = np.exp(z - z.max())
-    return z / z.sum()
-
-
-def filter_probs(probs: np.ndarray, top_k: int | None, top_p: float | None) -> np.ndarray:
-    """Zero all but the top-k tokens and the smallest set reaching top-p; renormalise."""
-    order = np.argsort(-probs, kind="stable")
-    keep = len(probs) if top_k is None else min(top_k, len(probs))
-    if top_p is not None:
-        cumulative = np.cumsum(probs[order])
-        # the first index where the running total reaches top_p, inclusive; at least one token
-        keep = min(keep, int(np.searchsorted(cumulative, top_p - 1e-12)) + 1)
-    out = np.zeros_like(probs)
-    out[order[:keep]] = probs[order[:keep]]
-    return out / out.sum()
-
-
-def entropy_nats(probs: np.ndarray) -> float:
-    p = probs[probs > 0]
-    return float(-(p * np.log(p)).sum())
 
 
 class Predictor:
@@ -181,17 +126,6 @@ class Predictor:
             last = self._forward(idx)[0, -1]  # (V,): only this row leaves the device
             return last.float().cpu().numpy().astype(np.float64)
 
-    def _token_log_probs(self, ids: list[int], targets: list[int]) -> list[float]:
-        """ln P(targets[j] | ids[: j + 1]) for each j < len(targets), computed on the device."""
-        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
-        with self._eval_mode():
-            logits = self._forward(idx)[0, : len(targets)].float()  # (n, V)
-            if logits.device.type != "mps":  # MPS has no float64
-                logits = logits.double()
-            wanted = torch.tensor(targets, dtype=torch.long, device=logits.device).unsqueeze(1)
-            picked = torch.log_softmax(logits, dim=-1).gather(1, wanted).squeeze(1)  # (n,)
-            return picked.cpu().tolist()
-
     @property
     def context_length(self) -> int:
         return int(self.model.context_length)
@@ -228,8 +162,6 @@ class Predictor:
     ) -> NextTokenPrediction:
         """Logits and probabilities for the token after ``position`` (default: the last)."""
         check_sampling(temperature, top_k, top_p)
-        if k < 1:
-            raise ParamError(f"k: must be at least 1, got {k!r}")
         tokens = self.tokens(text)
         if not tokens:
             raise EmptyPromptError()
@@ -241,32 +173,8 @@ class Predictor:
             raise ParamError(f"position: {position} is outside the prompt's {len(tokens)} tokens")
         start = max(0, position + 1 - self.context_length)
         logits = self._last_logits([t.id for t in tokens[start : position + 1]])
-        probs = softmax(logits, temperature)
-        sample_probs = filter_probs(probs, top_k, top_p)
-        top = np.argsort(-probs, kind="stable")[: min(k, len(probs))]
-        candidates = [
-            Candidate(
-                id=int(i),
-                text=self.tokenizer.token_string(int(i)),
-                logit=float(logits[i]),
-                prob=float(probs[i]),
-                sample_prob=float(sample_probs[i]),
-            )
-            for i in top
-        ]
-        return NextTokenPrediction(
-            tokens=tokens,
-            position=position,
-            candidates=candidates,
-            probs=probs,
-            logits=logits,
-            temperature=float(temperature),
-            top_k=top_k,
-            top_p=top_p,
-            entropy=entropy_nats(probs),
-            context_start=start,
-            unknown_chars=self.unknown_chars(text, tokens),
-        )
+        return build_prediction(self.tokenizer, tokens, position, start, logits, temperature=temperature,
+                                top_k=top_k, top_p=top_p, k=k, unknown_chars=self.unknown_chars(text, tokens))
 
     # --- surprise --------------------------------------------------------------------------
     def surprise(self, text: str) -> list[TokenSurprise]:
@@ -275,27 +183,45 @@ class Predictor:
         Texts longer than the context are scored in windows that overlap by half a context,
         so every token is predicted from at least half a context of history.
         """
+        return self.score(text, max_rows=0).surprise
+
+    def score(self, text: str, max_rows: int = MAX_SCORED_LOGITS) -> PromptScore:
+        """Everything the app shows about one prompt, from as few forward passes as possible.
+
+        The per-token surprise (as :meth:`surprise`) and the logits after each position whose
+        context :meth:`next_token` would also use: the last position always, and the positions of
+        the first context window (all of a prompt that fits the context), newest first while they
+        hold at most ``max_rows`` logits in all, so a long prompt over a large vocabulary stays small.
+        """
         tokens = self.tokens(text)
         if not tokens:
             raise EmptyPromptError()
         ids = [t.id for t in tokens]
         losses: list[float | None] = [None] * len(ids)
+        rows: dict[int, np.ndarray] = {}
         ctx = self.context_length
-        stride = max(1, ctx // 2)
-        scored_up_to = 1  # tokens before this index are done
         start = 0
-        while scored_up_to < len(ids):
+        while True:  # windows of a context, overlapping by half; row j of one predicts start + j + 1
             window = ids[start : start + ctx]
-            end = min(start + len(window) + 1, len(ids))  # row j of the window predicts start + j + 1
-            log_probs = self._token_log_probs(window, ids[start + 1 : end])
-            for i in range(max(scored_up_to, start + 1), end):
-                losses[i] = -log_probs[i - start - 1]
-            scored_up_to = end
-            start += stride
-        return [
-            TokenSurprise(t, None if loss is None else math.exp(-loss), loss)
-            for t, loss in zip(tokens, losses)
-        ]
+            with self._eval_mode():
+                logits = self._forward(torch.tensor([window], dtype=torch.long, device=self.device))[0].float()
+                targets = ids[start + 1 : start + len(window) + 1]
+                for i, loss in enumerate(_losses(logits, targets), start + 1):
+                    if losses[i] is None:
+                        losses[i] = loss
+                if start == 0:  # row j saw exactly tokens[: j + 1], as next_token(position=j) would
+                    keep = min(len(window), max_rows // max(int(logits.shape[-1]), 1))
+                    kept = logits[len(window) - keep :].cpu().numpy().astype(np.float64)
+                    rows.update({len(window) - keep + j: row for j, row in enumerate(kept)})
+            if start + len(window) >= len(ids):
+                break
+            start += max(1, ctx // 2)
+        last = len(ids) - 1
+        if max_rows > 0 and last not in rows:  # longer than the context: cropped as next_token does
+            rows[last] = self._last_logits(ids[-ctx:])
+        return PromptScore(text=text, tokens=tokens, surprise=_surprises(tokens, losses), rows=rows,
+                           context_length=ctx, tokenizer=self.tokenizer,
+                           unknown_chars=self.unknown_chars(text, tokens))
 
     # --- generation --------------------------------------------------------------------------
     def _prompt_ids(self, prompt: str) -> list[int]:
@@ -368,4 +294,4 @@ def load_predictor(
 ) -> Predictor:
     """A :class:`Predictor` for a saved run."""
     config, model, tokenizer = load_run(run_dir, registry, device, checkpoint)
-    return Predictor(model, tokenizer, owner=registry.owner("model", config.model.plugin))
+    return Predictor(model, tokenizer, owner=registry.owner("models", config.model.plugin))

@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,10 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.optim import Optimizer
 
-from ..errors import CheckpointError
-from .rng_state import capture_rng, decode_rng, encode_rng, restore_rng  # noqa: F401 - re-exported
-from .folder import RunDir
 from ..atomic_files import atomic_write_text, fsync_dir
+from ..errors import CheckpointError
+from .folder import RunDir
+from .rng_state import capture_rng, decode_rng, encode_rng, restore_rng  # noqa: F401 - re-exported
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -102,8 +102,8 @@ def _read_safetensors(path: Path, device: str) -> tuple[dict[str, torch.Tensor],
     try:
         with safe_open(str(path), framework="pt", device=device) as f:
             metadata = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, metadata  # noqa: SIM118 - not iterable
-    except Exception as exc:  # noqa: BLE001 - safetensors has its own error type for broken files
+            return {k: f.get_tensor(k) for k in f.keys()}, metadata  # keys(): the handle is not iterable
+    except Exception as exc:  # safetensors has its own error type for broken files
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path}: corrupted checkpoint file ({first})") from None
 
@@ -118,6 +118,11 @@ def _shape(t: torch.Tensor) -> str:
 def _step_of(folder: Path) -> int | None:
     m = _STEP_DIR.match(folder.name)
     return int(m.group(1)) if m else None
+
+
+def checkpoint_path(run: RunDir, step: int) -> Path:
+    """Where the checkpoint of ``step`` is (or would be) written: ``checkpoints/step_XXXXXXXX``."""
+    return run.checkpoints_dir / f"step_{step:08d}"
 
 
 def save_checkpoint(
@@ -135,14 +140,8 @@ def save_checkpoint(
     ``rng`` is what :func:`capture_rng` returns; ``keep <= 0`` keeps every checkpoint. A failed
     write (e.g. a full disk) raises CheckpointError and leaves the older checkpoints untouched.
     """
-    name = f"step_{step:08d}"
-    root = run.checkpoints_dir
-    final = root / name
-    tmp = root / f".tmp-{name}"
-    try:
-        config = tomllib.loads(run.config_path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise CheckpointError(f"{run.config_path}: cannot read the run config ({exc})") from None
+    final = checkpoint_path(run, step)
+    config = _run_config(run)  # before the slow part: a run folder without its config.toml fails at once
     model_tensors, aliases = _model_tensors(model)
     opt_tensors, opt_described = _optimizer_payload(optimizers)
     state = {
@@ -157,14 +156,40 @@ def save_checkpoint(
         state_text = json.dumps(state, indent=1)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{final}: checkpoint state is not JSON-serialisable ({exc})") from None
+
+    def write_files(folder: Path) -> None:  # each file's bytes are made just before it is written
+        _write_file(folder / MODEL_FILE, safetensors_bytes(model_tensors, {"aliases": json.dumps(aliases)}))
+        _write_file(folder / OPTIMIZER_FILE, safetensors_bytes(opt_tensors, {"optimizers": str(len(optimizers))}))
+        _write_file(folder / STATE_FILE, state_text.encode("utf-8"))
+
+    _publish(final, write_files)
+    _prune(run.checkpoints_dir, keep, current=final)
+    return final
+
+
+def _run_config(run: RunDir) -> dict[str, Any]:
+    """The run's config.toml as a mapping, stored in each checkpoint's state.json."""
+    try:
+        return tomllib.loads(run.config_path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CheckpointError(f"{run.config_path}: cannot read the run config ({exc})") from None
+
+
+def _publish(final: Path, write_files: Callable[[Path], None]) -> None:
+    """Make the folder ``final`` with ``write_files(folder)`` and point ``latest`` at it, atomically.
+
+    The files go into ``.tmp-<name>`` first, fsynced, which is then renamed into place (replacing
+    an earlier save of the same step); any OSError removes the temporary folder and raises
+    CheckpointError, so a crash or a full disk leaves the previous checkpoint as it was.
+    """
+    root, name = final.parent, final.name
+    tmp = root / f".tmp-{name}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        _write_file(tmp / MODEL_FILE, safetensors_bytes(model_tensors, {"aliases": json.dumps(aliases)}))
-        _write_file(tmp / OPTIMIZER_FILE, safetensors_bytes(opt_tensors, {"optimizers": str(len(optimizers))}))
-        _write_file(tmp / STATE_FILE, state_text.encode("utf-8"))
+        write_files(tmp)
         fsync_dir(tmp)
         if final.exists():  # the same step saved again (e.g. stop right after an eval): replace it
             trash = root / f".old-{name}"
@@ -179,8 +204,6 @@ def save_checkpoint(
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{final}: cannot write checkpoint ({exc.strerror or exc})") from None
-    _prune(root, keep, current=final)
-    return final
 
 
 def _prune(root: Path, keep: int, current: Path) -> None:
@@ -205,7 +228,7 @@ def is_complete(folder: Path) -> bool:
         for fname in (MODEL_FILE, OPTIMIZER_FILE):
             with safe_open(str(folder / fname), framework="pt", device="cpu") as f:
                 f.keys()
-    except Exception:  # noqa: BLE001 - any unreadable piece means "not usable", never an error here
+    except Exception:  # any unreadable piece means "not usable", never an error here
         return False
     return True
 
@@ -261,7 +284,7 @@ def _diagnose(folder: Path) -> str:
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 f.keys()
-        except Exception as exc:  # noqa: BLE001 - safetensors has its own error type for broken files
+        except Exception as exc:  # safetensors has its own error type for broken files
             return f"{path}: corrupted checkpoint file ({_first_line(exc)})"
     return f"{folder}: unreadable checkpoint"
 

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import save_file
 
+from ..atomic_files import atomic_write_text, fsync_dir
 from ..config import RunConfig, validate_plugins
 from ..errors import ExportError
-from .loading import load_run
-from .folder import RunDir
-from ..atomic_files import atomic_write_text, fsync_dir
 from ..tokenizer import Tokenizer
+from .folder import RunDir
+from .loading import load_run
 
 if TYPE_CHECKING:
     from ..registry import PluginRegistry
@@ -46,6 +46,14 @@ ROPE_THETA = 10000.0  # the GPT plugin's rotary base; checked against the model'
 _EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
 _BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>")
 _PAD_NAMES = ("<pad>", "[PAD]", "<|pad|>")
+
+
+# The gpt model's positional encoding picks the architecture; each needs its own norm and MLP:
+# positional -> (family, its name in messages, the (key, value) pairs it needs).
+_FAMILIES = {
+    "learned": ("gpt2", "GPT-2", (("norm", "layernorm"), ("mlp", "gelu"))),
+    "rotary": ("llama", "Llama", (("norm", "rmsnorm"), ("mlp", "swiglu"))),
+}
 
 
 def hf_family(config: RunConfig, registry: PluginRegistry) -> str:
@@ -75,29 +83,15 @@ def _family_and_params(config: RunConfig, registry: PluginRegistry) -> tuple[str
             f"model.mlp = {p.mlp!r} has no transformers equivalent "
             "(GPT-2 style needs gelu, Llama style needs swiglu)"
         )
-    if p.positional == "learned":
-        if p.norm != "layernorm":
+    positional, other = ("learned", "rotary") if p.positional == "learned" else ("rotary", "learned")
+    family, style, needs = _FAMILIES[positional]
+    for key, wanted in needs:
+        if getattr(p, key) != wanted:
             raise ExportError(
-                f"model.norm = {p.norm!r} with positional = 'learned' has no transformers equivalent "
-                "(GPT-2 style needs layernorm; Llama style needs positional = 'rotary')"
+                f"model.{key} = {getattr(p, key)!r} with positional = {positional!r} has no transformers "
+                f"equivalent ({style} style needs {wanted}; {_FAMILIES[other][1]} style needs positional = {other!r})"
             )
-        if p.mlp != "gelu":
-            raise ExportError(
-                f"model.mlp = {p.mlp!r} with positional = 'learned' has no transformers equivalent "
-                "(GPT-2 style needs gelu; Llama style needs positional = 'rotary')"
-            )
-        return "gpt2", p
-    if p.norm != "rmsnorm":
-        raise ExportError(
-            f"model.norm = {p.norm!r} with positional = 'rotary' has no transformers equivalent "
-            "(Llama style needs rmsnorm; GPT-2 style needs positional = 'learned')"
-        )
-    if p.mlp != "swiglu":
-        raise ExportError(
-            f"model.mlp = {p.mlp!r} with positional = 'rotary' has no transformers equivalent "
-            "(Llama style needs swiglu; GPT-2 style needs positional = 'learned')"
-        )
-    return "llama", p
+    return family, p
 
 
 def export_run(
@@ -211,7 +205,7 @@ def _llama_tensors(state: dict[str, torch.Tensor], tied: bool) -> dict[str, torc
 
 
 def _check_rotary(model: torch.nn.Module, run_dir: str | Path) -> None:
-    """Llama rotates the two halves of each head (rotate_half) with base 10000: so must we."""
+    """Llama rotates the two halves of each head (rotate_half) with base ROPE_THETA: so must we."""
     buffers = dict(model.named_buffers())
     cos = buffers.get("transformer.h.0.attn.rope_cos")
     if cos is None:

@@ -146,9 +146,6 @@ class RunDir:
     def load_tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.tokenizer_path)
 
-    def save_tokenizer(self, tokenizer: Tokenizer) -> None:
-        tokenizer.save(self.tokenizer_path)
-
     # -- metrics ----------------------------------------------------------------------------
 
     def append_metrics(self, record: dict[str, Any]) -> None:

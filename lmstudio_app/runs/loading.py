@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..config import RunConfig, validate_plugins
 from ..devices import resolve_device
-from ..errors import CheckpointError, LMStudioError, PluginCallError
+from ..errors import CheckpointError
 from ..model_api import LanguageModel
 from ..tokenizer import Tokenizer
 from .checkpoints import latest_checkpoint, load_checkpoint, unusable_checkpoints_error
@@ -32,13 +32,7 @@ def load_run(
     config = run.load_config()
     tokenizer = run.load_tokenizer()
     _, model_params = validate_plugins(config, registry)
-    spec = registry.model(config.model.plugin)
-    try:
-        model = spec.build(model_params, tokenizer.vocab_size)
-    except LMStudioError:
-        raise
-    except Exception as exc:  # plugin code: name the plugin, never crash with a traceback
-        raise PluginCallError(registry.owner("models", spec.name), f"building model {spec.name!r}", exc) from exc
+    model = registry.build_model(config.model.plugin, model_params, tokenizer.vocab_size)
     path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run)
     if path is None:
         raise unusable_checkpoints_error(run) or CheckpointError(f"{run_dir}: no checkpoint yet — train the model first")

@@ -19,9 +19,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..atomic_files import atomic_write_text
 from ..errors import CheckpointError, ExportError, MissingPackageError
 from .folder import RunDir
-from ..atomic_files import atomic_write_text
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from Python 3.11 on; torch depends on typing_extensions
@@ -42,7 +42,7 @@ class _HasRecord(Protocol):
 
 
 def _as_record(metrics: Mapping[str, Any] | _HasRecord) -> Mapping[str, Any]:
-    """A metrics.jsonl record from a record or a :class:`~lmstudio_app.training.trainer.StepMetrics`."""
+    """A metrics.jsonl record from a record or a :class:`~lmstudio_app.training.control.StepMetrics`."""
     return metrics if isinstance(metrics, Mapping) else metrics.to_record()
 
 

@@ -51,11 +51,13 @@ def restore_rng(rng: Mapping[str, Any], samplers: Mapping[str, BatchSampler]) ->
             samplers[name].set_state(state)
 
 
-def _tensor_to_b64(t: torch.Tensor) -> str:
+def tensor_to_b64(t: torch.Tensor) -> str:
+    """A tensor's raw bytes as base64 text (JSON-safe); :func:`b64_to_byte_tensor` reads them back."""
     return base64.b64encode(t.detach().cpu().contiguous().numpy().tobytes()).decode("ascii")
 
 
-def _b64_to_byte_tensor(text: str) -> torch.Tensor:
+def b64_to_byte_tensor(text: str) -> torch.Tensor:
+    """The bytes of :func:`tensor_to_b64` as a uint8 tensor (the form torch's RNG states take)."""
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
@@ -65,13 +67,13 @@ def encode_rng(rng: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
-        "torch": _tensor_to_b64(rng["torch"]),
-        "samplers": {name: _tensor_to_b64(state) for name, state in rng.get("samplers", {}).items()},
+        "torch": tensor_to_b64(rng["torch"]),
+        "samplers": {name: tensor_to_b64(state) for name, state in rng.get("samplers", {}).items()},
     }
     if "cuda" in rng:
-        out["cuda"] = [_tensor_to_b64(s) for s in rng["cuda"]]
+        out["cuda"] = [tensor_to_b64(s) for s in rng["cuda"]]
     if "mps" in rng:
-        out["mps"] = _tensor_to_b64(rng["mps"])
+        out["mps"] = tensor_to_b64(rng["mps"])
     return out
 
 
@@ -81,11 +83,11 @@ def decode_rng(raw: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "python": (version, tuple(internal), gauss),
         "numpy": (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
-        "torch": _b64_to_byte_tensor(raw["torch"]),
-        "samplers": {name: _b64_to_byte_tensor(s) for name, s in raw.get("samplers", {}).items()},
+        "torch": b64_to_byte_tensor(raw["torch"]),
+        "samplers": {name: b64_to_byte_tensor(s) for name, s in raw.get("samplers", {}).items()},
     }
     if "cuda" in raw:
-        out["cuda"] = [_b64_to_byte_tensor(s) for s in raw["cuda"]]
+        out["cuda"] = [b64_to_byte_tensor(s) for s in raw["cuda"]]
     if "mps" in raw:
-        out["mps"] = _b64_to_byte_tensor(raw["mps"])
+        out["mps"] = b64_to_byte_tensor(raw["mps"])
     return out

@@ -1,10 +1,40 @@
-"""How a training loop is steered and what it reports: the pause/resume/stop flags, the step record."""
+"""How a training loop is steered and what it reports: the pause/resume/stop flags, what each
+step does besides training (:class:`StepPlan`), the step record."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What the loop does once optimisation step ``step`` (counted from 1) is done."""
+
+    last: bool  # the run's final step (train.max_steps)
+    evaluate: bool  # validation loss: every train.eval_interval steps and at the last step
+    sample: bool  # a generated sample, with each evaluation unless train.sample_tokens is 0
+    checkpoint: bool  # every train.checkpoint_interval steps (0: with each evaluation) and at the last
+    log: bool  # a report (StepMetrics): every train.log_interval steps and with each evaluation
+
+    @classmethod
+    def at(cls, step: int, cfg: TrainConfig) -> StepPlan:
+        last = step >= cfg.max_steps
+        evaluate = step % cfg.eval_interval == 0 or last
+        checkpoint = last or (step % cfg.checkpoint_interval == 0 if cfg.checkpoint_interval else evaluate)
+        log = evaluate or step % cfg.log_interval == 0
+        return cls(last=last, evaluate=evaluate, sample=evaluate and cfg.sample_tokens > 0,
+                   checkpoint=checkpoint, log=log)
+
+    @property
+    def syncs(self) -> bool:
+        """Whether the step waits for the device: its losses are read to report or to check them
+        before a checkpoint; the other steps queue their work and go on at once."""
+        return self.log or self.checkpoint
 
 
 @dataclass

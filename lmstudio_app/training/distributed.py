@@ -12,7 +12,6 @@ unconditionally where that keeps its code simple.
 
 from __future__ import annotations
 
-import base64
 import inspect
 import os
 import shlex
@@ -27,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError, LMStudioError, ParamError, TrainingError
+from ..runs.rng_state import b64_to_byte_tensor, tensor_to_b64
 
 if TYPE_CHECKING:
     from ..data.corpus import BatchSampler
@@ -204,11 +204,6 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def barrier() -> None:
-    if is_initialized():
-        dist.barrier()
-
-
 def cleanup() -> None:
     """Leave the process group (at the end of a command, also after an error)."""
     if is_initialized():
@@ -249,8 +244,8 @@ def torchrun_command(
 
 # -- each rank's batches, and its random streams in checkpoints -------------------------------
 
-# The random streams of a run's batches. Rank r's stream i is seeded with seed + i + 3 r, so a
-# single process (rank 0) keeps seed, seed + 1, seed + 2 and no two streams of a run coincide.
+# The random streams of a run's batches. Rank r's stream i is seeded with seed + i + len(STREAMS) r,
+# so a single process (rank 0) keeps seed, seed + 1, seed + 2 and no two streams of a run coincide.
 STREAMS = ("train", "val", "train_eval")
 
 
@@ -263,23 +258,15 @@ def reseeded(seed: int, step: int, rank: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank, stream]).generate_state(1)[0])
 
 
-def _b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.detach().cpu().contiguous().numpy().tobytes()).decode("ascii")
-
-
-def _unb64(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
-
-
 def gather_rank_streams(samplers: Mapping[str, BatchSampler], device: torch.device,
                         dist: DistInfo | None) -> dict[str, Any] | None:
     """Every rank's sampler and torch RNG states (a collective), for ``extra["ranks"]``; None alone."""
     if dist is None:
         return None  # a single process: capture_rng holds all of it
-    mine = {f"sampler.{name}": _b64(s.get_state()) for name, s in samplers.items()}
-    mine["torch"] = _b64(torch.get_rng_state())
+    mine = {f"sampler.{name}": tensor_to_b64(s.get_state()) for name, s in samplers.items()}
+    mine["torch"] = tensor_to_b64(torch.get_rng_state())
     if device.type == "cuda":
-        mine["cuda"] = _b64(torch.cuda.get_rng_state(device))
+        mine["cuda"] = tensor_to_b64(torch.cuda.get_rng_state(device))
     streams = all_gather_objects(mine)
     return {"world_size": dist.world_size, "streams": {str(r): s for r, s in enumerate(streams)}}
 
@@ -294,10 +281,10 @@ def restore_rank_streams(saved: Mapping[str, Any] | None, samplers: Mapping[str,
         mine = saved["streams"][str(rank)] if saved and rank > 0 else None
         if mine is not None:
             for name, sampler in samplers.items():
-                sampler.set_state(_unb64(mine[f"sampler.{name}"]))
-            torch.set_rng_state(_unb64(mine["torch"]))
+                sampler.set_state(b64_to_byte_tensor(mine[f"sampler.{name}"]))
+            torch.set_rng_state(b64_to_byte_tensor(mine["torch"]))
             if "cuda" in mine and device.type == "cuda":
-                torch.cuda.set_rng_state(_unb64(mine["cuda"]), device)
+                torch.cuda.set_rng_state(b64_to_byte_tensor(mine["cuda"]), device)
         return None
     # Rank r's saved streams do not map onto a different set of ranks: start fresh, reproducibly.
     for index, name in enumerate(STREAMS):

@@ -20,7 +20,7 @@ import torch
 
 from .. import devices
 from ..config import TrainConfig
-from ..errors import LMStudioError, PluginCallError
+from ..registry import build_model_from_spec, plugin_call
 from ..specs import ModelSpec
 from .optimizers import build_optimizers
 from .preparation import micro_batch_size
@@ -29,7 +29,8 @@ _ASSUMED_MFU = 0.35  # share of the matmul peak a large training step reaches (f
 TIMED_STEP_MAX_FLOPS = 2e10  # a step costing at most this is timed for real (~0.2 s on two CPU cores)
 _TIMING_SECONDS = 0.3  # timed steps run for about this long, after one warm-up step
 
-# Achieved matmul FLOP/s per device string, measured once per process (it takes ~0.2 s).
+# Achieved matmul FLOP/s per device string, measured once per process (for _MATMUL_SECONDS).
+_MATMUL_SECONDS = 0.2
 _MATMUL_FLOPS_CACHE: dict[str, float] = {}
 _MATMUL_FLOPS_LOCK = threading.Lock()
 
@@ -54,18 +55,8 @@ def cached_matmul_flops(device: torch.device, dtype: torch.dtype | None = None) 
     key = f"{device}/{dtype}"
     with _MATMUL_FLOPS_LOCK:
         if key not in _MATMUL_FLOPS_CACHE:
-            _MATMUL_FLOPS_CACHE[key] = devices.measure_matmul_flops(device, dtype, size=512, seconds=0.2)
+            _MATMUL_FLOPS_CACHE[key] = devices.measure_matmul_flops(device, dtype, size=512, seconds=_MATMUL_SECONDS)
         return _MATMUL_FLOPS_CACHE[key]
-
-
-def _build(spec: ModelSpec, model_params: Any, vocab_size: int, owner: str) -> Any:
-    """The plugin's model; an exception from the plugin's code names the plugin."""
-    try:
-        return spec.build(model_params, vocab_size)
-    except LMStudioError:
-        raise
-    except Exception as exc:
-        raise PluginCallError(owner, f"building model {spec.name!r}", exc) from exc
 
 
 def time_training_step(spec: ModelSpec, model_params: Any, vocab_size: int, train: TrainConfig, owner: str,
@@ -76,7 +67,7 @@ def time_training_step(spec: ModelSpec, model_params: Any, vocab_size: int, trai
     count to ``train.threads``, as training itself does when it starts."""
     device = device or devices.resolve_device(train.device)
     micro = micro_batch_size(train)
-    model = _build(spec, model_params, vocab_size, owner).to(device)
+    model = build_model_from_spec(spec, owner, model_params, vocab_size).to(device)
     autocast = devices.autocast_dtype(device, train.dtype)
     optimizers = build_optimizers(model, train, device)
     generator = torch.Generator().manual_seed(0)
@@ -94,7 +85,7 @@ def time_training_step(spec: ModelSpec, model_params: Any, vocab_size: int, trai
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    try:
+    with plugin_call(owner, "timing a training step"):
         step()  # warm-up: kernel selection, lazy initialisation, optimiser state
         devices.synchronize(device)
         runs, started = 0, time.perf_counter()
@@ -105,17 +96,13 @@ def time_training_step(spec: ModelSpec, model_params: Any, vocab_size: int, trai
             elapsed = time.perf_counter() - started
             if elapsed >= seconds or runs >= 50:
                 return elapsed / runs
-    except LMStudioError:
-        raise
-    except Exception as exc:
-        raise PluginCallError(owner, "timing a training step", exc) from exc
 
 
 def preview_model(spec: ModelSpec, model_params: Any, vocab_size: int, train: TrainConfig, owner: str,
                   measure_speed: bool = True) -> ModelPreview:
     """Build ``spec``'s model on the meta device and estimate its size, memory and speed."""
-    with torch.device("meta"):
-        model = _build(spec, model_params, vocab_size, owner)
+    with torch.device("meta"):  # no memory, however large the configuration
+        model = build_model_from_spec(spec, owner, model_params, vocab_size)
     info = model.describe()
     parameters = int(info["parameters"])
     context = int(info["context_length"])

@@ -28,6 +28,7 @@ from ..data.files import FileInfo, load_corpus_text
 from ..devices import autocast_dtype, resolve_device, training_threads
 from ..errors import CheckpointError, ConfigError, DataError, LMStudioError, PluginCallError
 from ..params import params_to_dict
+from ..registry import plugin_call
 from ..resources import demo_corpus_path
 from ..runs import checkpoints as ckpt
 from ..runs.folder import RunDir, new_run_path
@@ -97,14 +98,10 @@ def prepare_run(
     dist: DistInfo | None,
 ) -> PreparedRun:
     """Config, corpus, tokenizer, model, optimisers, samplers and run folder of a run (see Trainer)."""
-    main = dist is None or dist.is_main
     resumed: RunDir | None = None
     ignored: list[str] = []
     if resume:
-        if run_path is None:
-            raise CheckpointError("resume: no run folder given; name the run to continue")
-        resumed = RunDir.open(run_path)
-        config, ignored = resumed.resume_config(config)
+        resumed, config, ignored = _open_resumed(run_path, config)
         if tokenizer is None:
             tokenizer = resumed.load_tokenizer()
     else:
@@ -113,17 +110,69 @@ def prepare_run(
         config = copy_config(config)  # later edits in the GUI must not reach a running trainer
         if write_run:  # rank 0 names the folder (a timestamp), checks it and tells the others
             run_path = distributed.from_main(lambda: _creatable(run_path), dist)
+    tok_params, model_params = _settle_plugin_params(config, registry, dist)
+    device, dtype = _set_up_process(config.train, dist)
+    file_infos, tokenizer, corpus = _tokenizer_and_corpus(config, registry, tok_params, tokenizer, corpus,
+                                                          progress, dist)
+    model = registry.build_model(config.model.plugin, model_params, tokenizer.vocab_size).to(device).train()
+    if dist is not None and dist.rank > 0:
+        torch.manual_seed(config.train.seed + dist.rank)  # same weights, but each rank its own dropout masks
+    optimizers = build_optimizers(model, config.train, device)
+    samplers, val_split = _make_samplers(config.train, corpus, int(model.context_length), device, dist)
+    run_dir = _run_folder(config, tokenizer, resumed, run_path if write_run else None, dist)
+    return PreparedRun(
+        config=config, ignored_overrides=ignored, device=device, dtype=dtype, file_infos=file_infos,
+        tokenizer=tokenizer, corpus=corpus, model=model, model_owner=registry.owner("models", config.model.plugin),
+        optimizers=optimizers, samplers=samplers, val_split=val_split, run_dir=run_dir, resumed=resumed is not None,
+    )
+
+
+def _open_resumed(run_path: Path | None, requested: RunConfig | None) -> tuple[RunDir, RunConfig, list[str]]:
+    """The run folder to continue, its config (with the resumable keys of ``requested``) and the
+    keys of ``requested`` that a resumed run ignores."""
+    if run_path is None:
+        raise CheckpointError("resume: no run folder given; name the run to continue")
+    run = RunDir.open(run_path)
+    config, ignored = run.resume_config(requested)
+    return run, config, ignored
+
+
+def _creatable(path: Path | None) -> Path:
+    path = path or new_run_path()
+    RunDir.check_creatable(path)  # fail now, not after minutes of tokenizing
+    return path
+
+
+def _settle_plugin_params(config: RunConfig, registry: PluginRegistry, dist: DistInfo | None) -> tuple[Any, Any]:
+    """The validated tokenizer and model params, stored back into ``config`` with every default, so
+    config.toml reproduces the run on its own; the batch split is checked here too, before minutes
+    of tokenizing."""
     tok_params, model_params = validate_plugins(config, registry)
-    # Store every param, defaults included, so config.toml reproduces the run on its own.
     config.tokenizer.params = params_to_dict(tok_params)
     config.model.params = params_to_dict(model_params)
-    cfg = config.train
-    micro_batch_size(cfg, dist.world_size if dist else 1)  # fail before minutes of tokenizing
+    micro_batch_size(config.train, dist.world_size if dist else 1)
+    return tok_params, model_params
+
+
+def _set_up_process(cfg: TrainConfig, dist: DistInfo | None) -> tuple[torch.device, torch.dtype | None]:
+    """Threads and seeds for this process; returns the device this rank trains on and its autocast dtype."""
     # The thread count is process-wide: "0" must restore the default after an earlier run.
     torch.set_num_threads(training_threads(cfg.threads))
     seed_everything(cfg.seed)  # every rank builds the same initial weights
     device = distributed.device_for_rank(resolve_device(cfg.device), dist)
-    dtype = autocast_dtype(device, cfg.dtype)
+    return device, autocast_dtype(device, cfg.dtype)
+
+
+def _tokenizer_and_corpus(
+    config: RunConfig,
+    registry: PluginRegistry,
+    tok_params: Any,
+    tokenizer: Tokenizer | None,
+    corpus: TokenizedCorpus | None,
+    progress: ProgressCallback | None,
+    dist: DistInfo | None,
+) -> tuple[list[FileInfo], Tokenizer, TokenizedCorpus]:
+    """The files read, the tokenizer and the token arrays; what is given is used as it is."""
 
     def reporter(stage: str) -> Callable[[int, int], None] | None:
         return None if progress is None else (lambda done, total: progress(stage, done, total))
@@ -136,7 +185,8 @@ def prepare_run(
                                             progress=reporter("reading"))
     if tokenizer is None:
         def build() -> Tokenizer:
-            return _build_tokenizer(config, registry, tok_params, text, reporter("tokenizer"))
+            return registry.build_tokenizer(config.tokenizer.plugin, tok_params, lambda: iter_text_chunks(text),
+                                            reporter("tokenizer"))
 
         tokenizer = build() if dist is None else _tokenizer_from_main(build, dist)
     if corpus is None:
@@ -147,30 +197,7 @@ def prepare_run(
             f"the corpus was tokenized with {corpus.vocab_size} token IDs but the tokenizer has "
             f"{tokenizer.vocab_size}; tokenize the corpus again"
         )
-    model = _build_model(config, registry, model_params, tokenizer.vocab_size, device)
-    if dist is not None and dist.rank > 0:
-        torch.manual_seed(cfg.seed + dist.rank)  # same weights, but each rank its own dropout masks
-    optimizers = build_optimizers(model, cfg, device)
-    samplers, val_split = _make_samplers(cfg, corpus, int(model.context_length), device, dist)
-    run_dir: RunDir | None = None
-    if resumed is not None:
-        run_dir = resumed
-        if main and config.to_dict() != resumed.load_config().to_dict():
-            resumed.save_config(config)
-    elif write_run:
-        assert run_path is not None
-        run_dir = RunDir.create(run_path, config, tokenizer) if main else RunDir(run_path)  # rank 0 writes
-    return PreparedRun(
-        config=config, ignored_overrides=ignored, device=device, dtype=dtype, file_infos=file_infos,
-        tokenizer=tokenizer, corpus=corpus, model=model, model_owner=registry.owner("model", config.model.plugin),
-        optimizers=optimizers, samplers=samplers, val_split=val_split, run_dir=run_dir, resumed=resumed is not None,
-    )
-
-
-def _creatable(path: Path | None) -> Path:
-    path = path or new_run_path()
-    RunDir.check_creatable(path)  # fail now, not after minutes of tokenizing
-    return path
+    return file_infos, tokenizer, corpus
 
 
 def _tokenizer_from_main(build: Callable[[], Tokenizer], dist: DistInfo) -> Tokenizer:
@@ -185,34 +212,18 @@ def _tokenizer_from_main(build: Callable[[], Tokenizer], dist: DistInfo) -> Toke
     return made[0] if made else Tokenizer.from_json(data, kind=kind, source="rank 0's tokenizer")
 
 
-def _build_tokenizer(config: RunConfig, registry: PluginRegistry, params: Any, text: str,
-                     progress: Callable[[int, int], None] | None) -> Tokenizer:
-    name = config.tokenizer.plugin
-    spec = registry.tokenizer(name)
-    try:
-        tokenizer = spec.build(params, lambda: iter_text_chunks(text), progress)
-        if not isinstance(tokenizer, Tokenizer):
-            raise TypeError(f"build() returned {type(tokenizer).__name__}, not a lmstudio_app Tokenizer")
-    except LMStudioError:
-        raise
-    except Exception as exc:
-        raise PluginCallError(registry.owner("tokenizer", name), f"building tokenizer {name!r}", exc) from exc
-    return tokenizer
-
-
-def _build_model(config: RunConfig, registry: PluginRegistry, params: Any, vocab_size: int,
-                 device: torch.device) -> nn.Module:
-    name = config.model.plugin
-    spec = registry.model(name)
-    try:
-        model = spec.build(params, vocab_size)
-        if not isinstance(model, nn.Module) or int(getattr(model, "context_length", 0) or 0) < 1:
-            raise TypeError(f"build() returned {type(model).__name__}, not a LanguageModel with a context_length")
-    except LMStudioError:
-        raise
-    except Exception as exc:
-        raise PluginCallError(registry.owner("model", name), f"building model {name!r}", exc) from exc
-    return model.to(device).train()
+def _run_folder(config: RunConfig, tokenizer: Tokenizer, resumed: RunDir | None, new_path: Path | None,
+                dist: DistInfo | None) -> RunDir | None:
+    """The run folder written to: the resumed one (its config.toml updated if the resumable keys
+    changed), a new one at ``new_path`` (rank 0 creates it), or None without a run folder."""
+    main = dist is None or dist.is_main
+    if resumed is not None:
+        if main and config.to_dict() != resumed.load_config().to_dict():
+            resumed.save_config(config)
+        return resumed
+    if new_path is None:
+        return None
+    return RunDir.create(new_path, config, tokenizer) if main else RunDir(new_path)  # rank 0 writes
 
 
 def _make_samplers(cfg: TrainConfig, corpus: TokenizedCorpus, ctx: int, device: torch.device,
@@ -244,7 +255,7 @@ def save_state(run_dir: RunDir, model: nn.Module, optimizers: list[torch.optim.O
     """Write a checkpoint; under torchrun every rank calls it (to gather its random streams) and rank 0 writes."""
     ranks = distributed.gather_rank_streams(samplers, device, dist)
     if dist is not None and not dist.is_main:
-        return run_dir.checkpoints_dir / f"step_{step:08d}"  # where rank 0 writes it
+        return ckpt.checkpoint_path(run_dir, step)  # where rank 0 writes it
     if ranks is not None:
         extra = {**extra, "ranks": ranks}
     return ckpt.save_checkpoint(run_dir, model=model, optimizers=optimizers, step=step,
@@ -317,12 +328,8 @@ def sample_text(predictor: Predictor, count: int, seed: int, fallback_prompt: st
     """A generated continuation from a fresh line, or from ``fallback_prompt`` without a newline token."""
     from ..inference.predictor import EmptyPromptError  # lazy: inference imports the run/checkpoint modules
 
-    try:
+    with plugin_call(owner, "generating a sample"):
         try:
             return predictor.generate("", max_tokens=count, seed=seed)
         except EmptyPromptError:
             return fallback_prompt + predictor.generate(fallback_prompt, max_tokens=count, seed=seed)
-    except LMStudioError:
-        raise
-    except Exception as exc:
-        raise PluginCallError(owner, "generating a sample", exc) from exc

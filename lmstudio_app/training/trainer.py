@@ -1,7 +1,7 @@
 """The training engine: a Qt-free loop over optimisation steps.
 
 :class:`Trainer` prepares a run (corpus, tokenizer, model, optimisers, run folder: see
-training_setup.py) and :meth:`Trainer.steps` trains it as a generator, so the CLI simply iterates
+preparation.py) and :meth:`Trainer.steps` trains it as a generator, so the CLI simply iterates
 and the GUI's worker thread does the same while another thread pauses, stops or probes the model
 between steps (under :attr:`Trainer.lock`). The hot loop never waits on the accelerator except at
 logged steps: losses stay on the device until then, which keeps it as fast as a hand-written loop.
@@ -15,6 +15,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,16 +30,30 @@ from ..errors import CheckpointError, LMStudioError, ParamError, PluginCallError
 from ..tokenizer import Tokenizer
 from . import distributed, faults
 from . import preparation as setup
-from .control import StepMetrics, TrainingControl
+from .control import StepMetrics, StepPlan, TrainingControl
 from .distributed import DistInfo
 from .optimizers import lr_at, lr_scale, set_learning_rate
-from .preparation import ProgressCallback, seed_everything
+from .preparation import ProgressCallback
 
 if TYPE_CHECKING:
     from ..inference.predictor import Predictor
     from ..registry import PluginRegistry
 
-__all__ = ["ProgressCallback", "StepMetrics", "Trainer", "TrainingControl", "seed_everything"]
+
+@dataclass
+class _Throughput:
+    """The training steps and seconds since the last report (evaluations, checkpoints and pauses
+    excluded), for its tokens per second."""
+
+    tokens_per_step: int
+    steps: int = 0
+    seconds: float = 0.0
+
+    def take(self) -> float:
+        """Tokens per second over the window, which then starts over."""
+        rate = self.steps * self.tokens_per_step / max(self.seconds, 1e-9)
+        self.steps, self.seconds = 0, 0.0
+        return rate
 
 
 class Trainer:
@@ -250,73 +265,39 @@ class Trainer:
     def steps(self) -> Iterator[StepMetrics]:
         """Train until ``max_steps`` or a stop, yielding a report at logged and evaluation steps."""
         cfg = self.config.train
-        tokens_per_step = cfg.batch_size * int(self.model.context_length)
-        pending: list[torch.Tensor] = []
+        window = _Throughput(self._tokens_per_step())
+        pending: list[torch.Tensor] = []  # the losses of the steps since the last sync, on the device
         norm: torch.Tensor | None = None
-        window_steps, window_s = 0, 0.0
         self.stop_reason = None
         self._stop_agreed = False
         self._active_since, self._paused_s = time.perf_counter(), 0.0
-
-        def report(loss: float) -> StepMetrics:
-            nonlocal window_steps, window_s
-            metrics = StepMetrics(
-                step=self.step, max_steps=cfg.max_steps, elapsed_s=self._elapsed(), train_loss=loss,
-                lr=lr_at(self.step - 1, cfg), tokens_per_s=window_steps * tokens_per_step / max(window_s, 1e-9),
-                tokens_seen=self.step * tokens_per_step,
-                grad_norm=float(norm) if norm is not None else None, warning=self._pending_warning,
-            )
-            self._pending_warning = None
-            window_steps, window_s = 0, 0.0
-            return metrics
-
         try:
-            while self.step < cfg.max_steps:
-                if self.dist is not None:  # ranks stop together, at a report (see _check_losses)
-                    if self._stop_agreed:
-                        break
-                elif self.control.stop_requested:
-                    break
-                elif self.control.paused:
-                    waited_from = time.perf_counter()
-                    go_on = self.control.wait_while_paused()
-                    self._paused_s += time.perf_counter() - waited_from
-                    if not go_on:
-                        break
+            while self.step < cfg.max_steps and not self._stop_before_step():
                 started = time.perf_counter()
                 with self.lock:
                     loss, norm = self._optimisation_step()
                     self.step += 1
                 pending.append(loss)
-                step, last = self.step, self.step >= cfg.max_steps
-                evaluating = step % cfg.eval_interval == 0 or last
-                saving = last or (step % cfg.checkpoint_interval == 0 if cfg.checkpoint_interval else evaluating)
-                logging = evaluating or step % cfg.log_interval == 0
-                window_steps += 1
-                if not (logging or saving):
-                    window_s += time.perf_counter() - started
+                plan = StepPlan.at(self.step, cfg)
+                window.steps += 1
+                if not plan.syncs:
+                    window.seconds += time.perf_counter() - started
                     continue
                 synchronize(self.device)
                 train_loss = self._check_losses(pending)  # before any checkpoint: never save nan weights
                 pending = []
-                window_s += time.perf_counter() - started
-                metrics = report(train_loss) if logging else None
-                if metrics is not None and evaluating:
+                window.seconds += time.perf_counter() - started
+                metrics = self._report(train_loss, norm, window) if plan.log else None
+                if metrics is not None and plan.evaluate:
                     metrics.val_loss = self.last_val_loss = self._checked_val_loss()
-                    metrics.sample = self._sample_text() if self._main else None
-                if saving and self.run_dir is not None:
+                    metrics.sample = self._sample_text() if self._main and plan.sample else None
+                if plan.checkpoint and self.run_dir is not None:
                     self.save_checkpoint()
                 if metrics is not None:
                     self._log(metrics)
                     yield metrics
             if self.step < cfg.max_steps:
-                self.stop_reason = "stopped"
-                final = report(self._check_losses(pending)) if pending else None
-                if self.step != self._last_saved_step and self.run_dir is not None:
-                    self.save_checkpoint()
-                if final is not None:
-                    self._log(final)
-                    yield final
+                yield from self._stopped_early(pending, norm, window)
             self.stop_reason = self.stop_reason or "finished"
         except GeneratorExit:  # the consumer stopped iterating: keep what was trained
             self.stop_reason = "stopped"
@@ -328,6 +309,45 @@ class Trainer:
             raise
         finally:
             self._elapsed_offset, self._active_since = self._elapsed(), None
+
+    def _stop_before_step(self) -> bool:
+        """Whether to stop before the next step; while paused it waits here (not counted as training)."""
+        if self.dist is not None:  # ranks stop together, at a report (see _check_losses)
+            return self._stop_agreed
+        if self.control.stop_requested:
+            return True
+        if not self.control.paused:
+            return False
+        waited_from = time.perf_counter()
+        go_on = self.control.wait_while_paused()
+        self._paused_s += time.perf_counter() - waited_from
+        return not go_on
+
+    def _stopped_early(self, pending: list[torch.Tensor], norm: torch.Tensor | None,
+                       window: _Throughput) -> Iterator[StepMetrics]:
+        """Stopped before max_steps: report the steps not reported yet and checkpoint where it stopped."""
+        self.stop_reason = "stopped"
+        final = self._report(self._check_losses(pending), norm, window) if pending else None
+        if self.step != self._last_saved_step and self.run_dir is not None:
+            self.save_checkpoint()
+        if final is not None:
+            self._log(final)
+            yield final
+
+    def _report(self, loss: float, norm: torch.Tensor | None, window: _Throughput) -> StepMetrics:
+        """The report of the current step; the throughput window and the pending warning start over."""
+        cfg = self.config.train
+        metrics = StepMetrics(
+            step=self.step, max_steps=cfg.max_steps, elapsed_s=self._elapsed(), train_loss=loss,
+            lr=lr_at(self.step - 1, cfg), tokens_per_s=window.take(),
+            tokens_seen=self.step * window.tokens_per_step,
+            grad_norm=float(norm) if norm is not None else None, warning=self._pending_warning,
+        )
+        self._pending_warning = None
+        return metrics
+
+    def _tokens_per_step(self) -> int:
+        return self.config.train.batch_size * int(self.model.context_length)
 
     def run(self, on_step: Callable[[StepMetrics], None] | None = None) -> StepMetrics | None:
         """Train to the end (or a stop); return the last report."""
@@ -362,13 +382,11 @@ class Trainer:
                 self._shrink_micro_batches(self.step)  # out of memory: smaller evaluation batches too
             return value
 
-    def _sample_text(self) -> str | None:
+    def _sample_text(self) -> str:
         """A generated continuation shown at each evaluation (starts a fresh line if it can)."""
-        count = self.config.train.sample_tokens
-        if count <= 0:
-            return None
         prompt = self.tokenizer.decode(self.corpus.train[:4].tolist())  # used if there is no newline token
-        return setup.sample_text(self.predictor(), count, self.config.train.seed + self.step, prompt, self._model_owner)
+        return setup.sample_text(self.predictor(), self.config.train.sample_tokens, self.config.train.seed + self.step,
+                                 prompt, self._model_owner)
 
     def save_checkpoint(self) -> Path:
         """Save the current state into the run folder (between steps; safe from another thread).
@@ -380,7 +398,7 @@ class Trainer:
         with self.lock:
             extra: dict[str, Any] = {
                 "elapsed_s": self._elapsed(),
-                "tokens_seen": self.step * self.config.train.batch_size * int(self.model.context_length),
+                "tokens_seen": self.step * self._tokens_per_step(),
                 "val_loss": self.last_val_loss,
             }
             if self.compile_warning:

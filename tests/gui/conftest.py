@@ -11,7 +11,7 @@
   n_head=2 context_length=16, batch 4, 40 steps, eval every 10, CPU, float32.
 - ``registry``: ``PluginRegistry.discover(use_user_dir=False)`` (the built-ins via entry points).
 - ``session``: ``Session(registry, tiny_config)`` reading ``tiny_text_file`` (tokenizer not built).
-- ``events``: a fresh ``AppEvents``.
+- ``events``: a fresh ``AppEvents`` over ``session`` (its events on the GUI thread).
 - ``main_window``: a shown ``MainWindow`` over ``session``; closed (training stopped) at teardown.
 """
 
@@ -149,10 +149,12 @@ def session(registry, tiny_config: RunConfig, tiny_text_file: Path):
 
 
 @pytest.fixture
-def events(qtbot):
+def events(qtbot, session):
     from lmstudio_app.gui.events import AppEvents
 
-    return AppEvents()
+    relay = AppEvents(session)
+    yield relay
+    relay.detach()
 
 
 @pytest.fixture

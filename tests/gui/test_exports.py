@@ -16,7 +16,6 @@ from PySide6.QtWidgets import QFileDialog
 
 from lmstudio_app.config import load_config
 from lmstudio_app.gui.export_actions import SetupDialog, plot_records
-from lmstudio_app.gui.panels.training import IDLE
 
 WAIT_MS = 30_000
 
@@ -48,7 +47,7 @@ def train_briefly(qtbot, window, steps: int = 12) -> None:
     window.session.set_train({"max_steps": steps})
     window.training_panel.refresh_from_session()
     window.start_action.trigger()
-    qtbot.waitUntil(lambda: window.session.trainer is not None and window.training_panel.state == IDLE
+    qtbot.waitUntil(lambda: window.session.trainer is not None and not window.training_panel.state.active
                     and window.session.trainer.step == steps, timeout=WAIT_MS)
 
 

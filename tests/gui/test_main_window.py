@@ -13,10 +13,10 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from lmstudio_app.gui.dialogs import ExceptionHook
 from lmstudio_app.gui.main_window import DOCKS, MainWindow
-from lmstudio_app.gui.panels.training import RUNNING
 from lmstudio_app.resources import demo_corpus_path
 from lmstudio_app.session import Session
 from lmstudio_app.settings import recent_files
+from lmstudio_app.training.controller import RunState
 
 WAIT_MS = 30_000
 
@@ -136,10 +136,10 @@ def test_closing_during_training_stops_the_worker_and_keeps_a_checkpoint(qtbot, 
     window.show()
     window.start_action.trigger()  # Training → Start (Ctrl+R)
     panel = window.training_panel
-    qtbot.waitUntil(lambda: panel.state == RUNNING and session.trainer.step > 3, timeout=WAIT_MS)
-    thread = panel.runner.thread
+    qtbot.waitUntil(lambda: panel.state == RunState.TRAINING and session.trainer.step > 3, timeout=WAIT_MS)
+    thread = panel.run.thread
     window.close()
-    assert thread.isFinished()
+    assert not thread.is_alive()
     assert session.trainer.stop_reason == "stopped"
     checkpoints = session.trainer.run_dir.path / "checkpoints"
     assert any(p.name.startswith("step_") for p in checkpoints.iterdir())
@@ -195,7 +195,7 @@ def test_open_run_for_probing_and_recent_files_menu(qtbot, main_window, session,
         pass
     other = MainWindow(Session(session.registry, session.config))
     qtbot.addWidget(other)
-    with qtbot.waitSignal(other.events.model_updated, timeout=WAIT_MS):
+    with qtbot.waitSignal(other.events.run_loaded, timeout=WAIT_MS):
         other.load_run(tmp_path / "finished-run")  # File → Open run… after its folder dialog
     assert other.session.loaded_run == tmp_path / "finished-run"
     assert other.session.predictor().next_token("the").probs.sum() == pytest.approx(1.0)

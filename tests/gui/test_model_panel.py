@@ -12,6 +12,7 @@ from lmstudio_app.gui.panels.model import (
     format_seconds,
 )
 from lmstudio_app.params import build_params
+from lmstudio_app.training.controller import RunState
 
 
 @pytest.fixture
@@ -76,15 +77,19 @@ def test_formatting():
     assert format_seconds(0.0351) == "35.1 ms" and format_seconds(None) == "—" and format_seconds(2.5) == "2.5 s"
 
 
-def test_the_step_time_is_measured_and_not_retimed_while_training(qtbot, panel, session, events):
+def test_the_step_time_is_measured_and_not_retimed_while_training(qtbot, panel, session, events, monkeypatch):
     """A timed step while a run trains would slow the run and be slowed by it: the panel waits."""
     assert panel.preview().step_time_measured
     assert "(measured)" in panel.step_time_label.text()
-    requests = panel._request_id
-    events.training_started.emit()
+    previews = []
+    real_preview = session.model_preview
+    monkeypatch.setattr(session, "model_preview", lambda: previews.append(1) or real_preview())
+    monkeypatch.setattr(session.run, "state", RunState.TRAINING)  # as while a run trains
+    events.run_state_changed.emit(RunState.TRAINING)
     events.train_config_changed.emit()
     events.tokenizer_changed.emit()
     qtbot.wait(PREVIEW_DEBOUNCE_MS + 300)  # long enough for a refresh to have started
-    assert panel._request_id == requests and not panel.is_busy()
-    events.training_finished.emit("finished")  # then it catches up once
-    qtbot.waitUntil(lambda: panel._request_id == requests + 1 and not panel.is_busy(), timeout=10000)
+    assert previews == [] and not panel.is_busy()
+    monkeypatch.setattr(session.run, "state", RunState.FINISHED)
+    events.run_state_changed.emit(RunState.FINISHED)  # then it catches up once
+    qtbot.waitUntil(lambda: previews == [1] and not panel.is_busy(), timeout=10000)

@@ -24,7 +24,9 @@ def predictor(session):
 
 @pytest.fixture
 def view(qtbot, session, events, predictor, monkeypatch):
-    monkeypatch.setattr(session, "predictor", lambda: predictor)
+    monkeypatch.setattr(session, "predictor", lambda fresh=True: predictor)
+    monkeypatch.setattr(session, "has_model", lambda: True)
+    events.prompt_scores.refresh()  # the scorer first asked before the predictor was patched in
     widget = PipelineView(session, events)
     qtbot.addWidget(widget)
     widget.resize(1200, 400)
@@ -37,9 +39,9 @@ def settle(qtbot, view):
     qtbot.waitUntil(lambda: not view.is_busy(), timeout=5000)
 
 
-def test_position_shows_ids_and_loss(qtbot, view, predictor, events):
+def test_position_shows_ids_and_loss(qtbot, view, predictor, session):
     prompt = "the cat sat"
-    events.prompt_changed.emit(prompt)
+    session.set_prompt(prompt)  # as the predictions panel does
     settle(qtbot, view)
     tokens = predictor.tokens(prompt)
     surprise = predictor.surprise(prompt)
@@ -86,8 +88,7 @@ def test_without_model(qtbot, session, events):
     qtbot.waitUntil(lambda: not widget.is_busy(), timeout=3000)
     assert widget.message_label.text() == NO_MODEL_HINT
     assert widget.stage_text("tokenizer") == "not built yet"
-    session.build_tokenizer()
-    events.tokenizer_changed.emit()
+    session.build_tokenizer()  # the session announces its new tokenizer
     qtbot.waitUntil(lambda: not widget.is_busy(), timeout=3000)
     assert [t.id for t in widget.chips.tokens()] == session.tokenizer.encode(widget.prompt())
 

@@ -15,7 +15,8 @@ from lmstudio_app.gui.widgets.probability_chart import (
     COL_SAMPLE,
     temperature_to_slider,
 )
-from lmstudio_app.inference.predictor import Predictor, softmax
+from lmstudio_app.inference.distributions import softmax
+from lmstudio_app.inference.predictor import Predictor
 from lmstudio_app.params import build_params
 
 
@@ -47,7 +48,9 @@ def predictor(session):
 
 @pytest.fixture
 def panel(qtbot, session, events, predictor, monkeypatch):
-    monkeypatch.setattr(session, "predictor", lambda: predictor)
+    monkeypatch.setattr(session, "predictor", lambda fresh=True: predictor)
+    monkeypatch.setattr(session, "has_model", lambda: True)
+    events.prompt_scores.refresh()  # the scorer first asked before the predictor was patched in
     widget = PredictionsPanel(session, events)
     qtbot.addWidget(widget)
     widget.resize(900, 700)
@@ -150,8 +153,7 @@ def test_empty_prompt_shows_message(qtbot, panel, events):
 
 def test_stale_results_are_dropped(qtbot, panel, predictor):
     for text in ("a", "a c", "a ca", "a cat"):
-        panel.set_prompt(text)
-        panel._start_query()  # bypass the debounce: several requests race
+        panel.set_prompt(text)  # no debounce: each starts or queues a query, and they race
     shown = wait_for(qtbot, panel, "a cat")
     assert [c.id for c in shown.candidates] == [c.id for c in predictor.next_token("a cat").candidates]
 
@@ -160,35 +162,25 @@ def test_hint_without_model(qtbot, session, events):
     session.build_tokenizer()
     widget = PredictionsPanel(session, events)
     qtbot.addWidget(widget)
-    qtbot.waitUntil(lambda: widget.message() == NO_MODEL_HINT, timeout=3000)
+    qtbot.waitUntil(lambda: widget.message() == NO_MODEL_HINT and not widget.is_busy(), timeout=3000)
     assert [t.id for t in widget.chips.tokens()] == session.tokenizer.encode(widget.prompt())
     widget.generate()
     assert widget.message() == NO_MODEL_HINT and widget.output_edit.toPlainText() == ""
 
 
 def test_follows_the_live_model_while_training(qtbot, session, events, tmp_path):
-    import threading
-
+    session.set_train({"max_steps": 12})
     trainer = session.create_trainer(tmp_path / "run")
     widget = PredictionsPanel(session, events)
     qtbot.addWidget(widget)
     widget.show()
     before = wait_for(qtbot, widget)
-
-    def train() -> None:
-        for _ in trainer.steps():
-            if trainer.step >= 12:
-                trainer.control.stop()
-
-    thread = threading.Thread(target=train)
-    thread.start()
-    while thread.is_alive():  # the GUI thread keeps turning while inference waits for the lock
-        events.model_updated.emit()
-        qtbot.wait(30)
-    thread.join()
-    events.training_paused.emit()
+    session.run.start(lambda: trainer)  # trains on the run's thread; the probe follows its evaluations
+    qtbot.waitUntil(lambda: not session.run.state.active, timeout=30_000)
+    assert trainer.step == 12
     expected = session.predictor().next_token(widget.prompt(), k=10)
     qtbot.waitUntil(lambda: not widget.is_busy() and widget.prediction() is not None
                     and table_rows(widget) == [(c.id, c.logit, c.prob, c.sample_prob) for c in expected.candidates],
                     timeout=5000)
     assert not np.allclose(widget.prediction().logits, before.logits)  # the weights moved
+    assert session.probe_step == 12  # the probe holds the final weights

@@ -23,9 +23,8 @@ from lmstudio_app.data import files as data_module
 from lmstudio_app.gui.app import open_main_window
 from lmstudio_app.gui.panels.data import DataPanel
 from lmstudio_app.gui.panels.predictions import PredictionsPanel
-from lmstudio_app.gui.panels.training import IDLE, TrainingPanel
+from lmstudio_app.gui.panels.training import TrainingPanel
 from lmstudio_app.gui.plugins_dialog import PluginsDialog
-from lmstudio_app.gui.worker import TrainingRunner
 from lmstudio_app.inference.predictor import Predictor
 from lmstudio_app.params import build_params, param
 from lmstudio_app.registry import PluginRegistry
@@ -65,12 +64,12 @@ def start_and_wait_for_the_end(qtbot, panel, events) -> list[str]:
     events.training_finished.connect(finished.append)
     assert panel.start_button.isEnabled()
     qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: panel.state == IDLE and (bool(finished) or not panel.is_training()), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not panel.state.active and (bool(finished) or not panel.is_training()), timeout=WAIT_MS)
     return finished
 
 
 def assert_startable(panel) -> None:
-    assert panel.state == IDLE and panel.start_button.isEnabled() and not panel.stop_button.isEnabled()
+    assert not panel.state.active and panel.start_button.isEnabled() and not panel.stop_button.isEnabled()
     assert panel.form.isEnabled()
 
 
@@ -164,7 +163,8 @@ def test_a_prompt_with_unknown_characters_says_which(qtbot, session, events, mon
     tokenizer = session.build_tokenizer()
     spec = session.registry.model("bigram")
     predictor = Predictor(spec.build(build_params(spec.params, {}, "model"), tokenizer.vocab_size), tokenizer)
-    monkeypatch.setattr(session, "predictor", lambda: predictor)
+    monkeypatch.setattr(session, "predictor", lambda fresh=True: predictor)
+    events.prompt_scores.refresh()  # the scorer first asked before the predictor was patched in
     panel = PredictionsPanel(session, events)
     qtbot.addWidget(panel)
     panel.show()
@@ -272,7 +272,8 @@ def test_a_plugin_failing_while_probed_shows_inline_not_a_traceback(qtbot, sessi
     spec = registry.model("boom")
     model = spec.build(build_params(spec.params, {}, "model"), tokenizer.vocab_size)
     predictor = Predictor(model, tokenizer, owner=registry.owner("model", "boom"))
-    monkeypatch.setattr(session, "predictor", lambda: predictor)
+    monkeypatch.setattr(session, "predictor", lambda fresh=True: predictor)
+    events.prompt_scores.refresh()  # the scorer first asked before the predictor was patched in
     panel = PredictionsPanel(session, events)
     qtbot.addWidget(panel)
     panel.show()
@@ -300,23 +301,22 @@ class _ChattyTrainer:
         self.stop_reason = "finished" if self.produced == self.count else "stopped"
 
 
-def test_reports_queued_for_a_busy_gui_thread_stay_bounded(qtbot):
-    runner = TrainingRunner()
+def test_reports_queued_for_a_busy_gui_thread_stay_bounded(qtbot, session, events):
     trainer = _ChattyTrainer(5000)
     received: list[int] = []
-    runner.step.connect(lambda m: received.append(m.step))
-    runner.start(trainer)  # type: ignore[arg-type]
+    events.training_step.connect(lambda m: received.append(m.step))
+    session.run.start(lambda: trainer)  # type: ignore[arg-type, return-value]
     time.sleep(1.0)  # the GUI thread is busy: no event is processed
-    assert trainer.produced <= runner.worker.max_pending + 1 and runner.worker.pending == runner.worker.max_pending
-    qtbot.waitUntil(lambda: not runner.is_running(), timeout=WAIT_MS)
+    assert trainer.produced <= events.max_pending + 1 and events.pending == events.max_pending
+    qtbot.waitUntil(lambda: not session.run.state.active, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: len(received) == 5000, timeout=WAIT_MS)
     assert received == list(range(1, 5001))  # nothing lost, in order
 
     stalled = _ChattyTrainer(100_000)  # a stop is never held up by a full queue (closing joins the thread)
-    runner.start(stalled)  # type: ignore[arg-type]
+    session.run.start(lambda: stalled)  # type: ignore[arg-type, return-value]
     time.sleep(0.3)
     started = time.perf_counter()
-    assert runner.stop_and_wait(10_000) and time.perf_counter() - started < 2
+    assert session.run.stop_and_wait(10) and time.perf_counter() - started < 2
     assert stalled.stop_reason == "stopped"
 
 

@@ -13,10 +13,11 @@ from PySide6.QtCore import Qt, QTimer
 
 from lmstudio_app.devices import available_devices
 from lmstudio_app.errors import Cancelled, TrainingError
-from lmstudio_app.gui.panels.training import IDLE, PAUSED, RUNNING, TrainingPanel
+from lmstudio_app.gui.panels.training import TrainingPanel
 from lmstudio_app.gui.widgets.training_progress import format_duration
 from lmstudio_app.gui.worker import run_in_thread
 from lmstudio_app.training.control import StepMetrics, TrainingControl
+from lmstudio_app.training.controller import RunState
 
 WAIT_MS = 30_000  # generous: the CPU is shared with other test runs
 
@@ -48,7 +49,7 @@ def test_start_pause_resume_stop_with_real_clicks(qtbot, panel, session, events,
     assert buttons(panel) == {"startButton": True, "pauseButton": False, "resumeButton": False, "stopButton": False}
 
     click(qtbot, panel.start_button)
-    qtbot.waitUntil(lambda: panel.state == RUNNING, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: panel.state == RunState.TRAINING, timeout=WAIT_MS)
     assert started and not panel.form.isEnabled()
     # loss points arrive in the plot: read the curve's own data after a timer redraw
     qtbot.waitUntil(lambda: (panel.loss_plot.train_raw_curve.getData()[0] is not None
@@ -58,7 +59,7 @@ def test_start_pause_resume_stop_with_real_clicks(qtbot, panel, session, events,
     assert len(panel.loss_plot.train_curve.getData()[0]) == len(x)  # the smoothed curve follows
 
     click(qtbot, panel.pause_button)
-    assert panel.state == PAUSED and session.trainer.control.paused
+    assert panel.state == RunState.PAUSED and session.trainer.control.paused
     assert buttons(panel) == {"startButton": False, "pauseButton": False, "resumeButton": True, "stopButton": True}
     qtbot.wait(300)
     step_paused = session.trainer.step
@@ -67,13 +68,13 @@ def test_start_pause_resume_stop_with_real_clicks(qtbot, panel, session, events,
     assert session.predictor().next_token("the").probs.sum() == pytest.approx(1.0)  # probe while paused
 
     click(qtbot, panel.resume_button)
-    assert panel.state == RUNNING and not session.trainer.control.paused
+    assert panel.state == RunState.TRAINING and not session.trainer.control.paused
     qtbot.waitUntil(lambda: session.trainer.step > step_paused, timeout=WAIT_MS)
 
     finished = []
     events.training_finished.connect(finished.append)
     click(qtbot, panel.stop_button)
-    qtbot.waitUntil(lambda: panel.state == IDLE, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not panel.state.active, timeout=WAIT_MS)
     assert finished == ["stopped"]
     assert buttons(panel)["startButton"] and panel.save_button.isEnabled()
     checkpoints = list((session.trainer.run_dir.path / "checkpoints").iterdir())
@@ -83,7 +84,7 @@ def test_start_pause_resume_stop_with_real_clicks(qtbot, panel, session, events,
 def test_a_short_run_to_the_end_shows_validation_points_samples_and_progress(qtbot, panel, session):
     panel.form.widget_for("max_steps").setValue(30)
     click(qtbot, panel.start_button)
-    qtbot.waitUntil(lambda: panel.state == IDLE and session.trainer is not None, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not panel.state.active and session.trainer is not None, timeout=WAIT_MS)
     panel.loss_plot.redraw()
     val_x, _ = panel.loss_plot.val_curve.getData()
     assert list(val_x) == [10, 20, 30]  # eval_interval 10 in the tiny config
@@ -98,7 +99,7 @@ def test_invalid_setting_blocks_start_with_a_dialog(qtbot, panel, session, modal
     panel.form.widget_for("batch_size").setValue(0)
     assert panel.form.error() and "batch_size" in panel.form.error()
     click(qtbot, panel.start_button)
-    assert panel.state == IDLE and session.trainer is None
+    assert not panel.state.active and session.trainer is None
     assert [d.kind for d in modals.shown] == ["ErrorDialog"] and "batch_size" in modals.shown[0].text
 
 
@@ -130,10 +131,10 @@ def test_ui_stays_responsive_while_training(qtbot, panel, session):
     timer.setInterval(5)
     timer.timeout.connect(tick)
     click(qtbot, panel.start_button)
-    qtbot.waitUntil(lambda: panel.state == RUNNING, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: panel.state == RunState.TRAINING, timeout=WAIT_MS)
     last[0] = time.perf_counter()
     timer.start()
-    qtbot.waitUntil(lambda: panel.state == IDLE, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not panel.state.active, timeout=WAIT_MS)
     timer.stop()
     worst = max(gaps) * 1000
     print(f"\nworst UI event-loop stall during training: {worst:.1f} ms over {len(gaps)} ticks")
@@ -149,7 +150,7 @@ def test_format_duration():
 def test_save_checkpoint_button(qtbot, panel, session):
     panel.form.widget_for("max_steps").setValue(5)
     click(qtbot, panel.start_button)
-    qtbot.waitUntil(lambda: panel.state == IDLE and session.trainer is not None, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not panel.state.active and session.trainer is not None, timeout=WAIT_MS)
     folder: Path = session.trainer.run_dir.path / "checkpoints"
     for entry in folder.iterdir():  # start from an empty folder: the click must write one
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
@@ -164,11 +165,11 @@ def test_save_checkpoint_button(qtbot, panel, session):
 def test_resume_run_continues_a_saved_run_with_its_history(qtbot, panel, session):
     panel.form.widget_for("max_steps").setValue(6)
     click(qtbot, panel.start_button)
-    qtbot.waitUntil(lambda: panel.state == IDLE and session.trainer is not None, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not panel.state.active and session.trainer is not None, timeout=WAIT_MS)
     first = session.trainer
     panel.form.widget_for("max_steps").setValue(12)  # Resume run… continues up to the larger count
     panel.resume_run(first.run_dir.path)  # what the button does after its folder dialog
-    qtbot.waitUntil(lambda: panel.state == IDLE and session.trainer is not first, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not panel.state.active and session.trainer is not first, timeout=WAIT_MS)
     resumed = session.trainer
     assert resumed.run_dir.path == first.run_dir.path and resumed.step == 12
     panel.loss_plot.redraw()
@@ -229,7 +230,7 @@ def test_a_failing_run_shows_its_error_and_the_panel_recovers(qtbot, panel, sess
     assert finished == ["train.learning_rate: the loss became nan at step 2; lower it"]
     assert [d.kind for d in modals.shown] == ["ErrorDialog"] and "nan" in modals.shown[0].text
     assert "TrainingError" in modals.shown[0].details  # the traceback is behind "Show details"
-    assert panel.state == IDLE and panel.start_button.isEnabled()
+    assert not panel.state.active and panel.start_button.isEnabled()
     assert panel.rate_label.text() == "Training failed"
 
 
@@ -245,7 +246,7 @@ def test_stopping_while_preparing_never_launches_the_run(qtbot, panel, session, 
     click(qtbot, panel.start_button)
     assert panel.is_training()
     assert panel.stop_and_wait()  # what closing the window does
-    assert panel.state == IDLE
+    assert not panel.state.active
     qtbot.waitUntil(lambda: bool(created), timeout=WAIT_MS)
     qtbot.wait(100)  # let the abandoned result arrive
-    assert panel.state == IDLE and panel.runner.thread is None
+    assert not panel.state.active and panel.run.trainer is None  # prepared, never trained

@@ -73,7 +73,16 @@ class DataPanel(QWidget):
         self.session = session
         self.events = events
         self.task: BackgroundTask | None = None
+        self._build_file_table()
+        self._build_controls()
+        self._build_layout()
+        events.corpus_changed.connect(self.refresh)
+        events.data_config_changed.connect(self.refresh)
+        events.corpus_tokenized.connect(self.refresh_stats)
+        events.tokenizer_changed.connect(self.refresh_stats)
+        self.refresh()
 
+    def _build_file_table(self) -> None:
         self.table = QTableWidget(0, 4)
         self.table.setObjectName("fileTable")
         self.table.setHorizontalHeaderLabels(["File", "Size", "Characters", "Read as"])
@@ -86,6 +95,7 @@ class DataPanel(QWidget):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         self.table.itemSelectionChanged.connect(self._update_buttons)
 
+    def _build_controls(self) -> None:
         self.add_files_button = self._button("Add files…", "addFilesButton", self.choose_files)
         self.add_folder_button = self._button("Add folder…", "addFolderButton", self.choose_folder)
         self.remove_button = self._button("Remove", "removeFileButton", self.remove_selected)
@@ -99,7 +109,7 @@ class DataPanel(QWidget):
         self.val_spin.setSingleStep(0.01)
         self.val_spin.setDecimals(2)
         self.val_spin.setToolTip("Share of the text held out to measure how well the model generalises")
-        self.val_spin.setValue(session.config.data.val_fraction)
+        self.val_spin.setValue(self.session.config.data.val_fraction)
         self.val_spin.valueChanged.connect(self._on_val_fraction)
 
         self.status = QLabel()
@@ -115,6 +125,8 @@ class DataPanel(QWidget):
         self.preview.setReadOnly(True)
         self.preview.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
 
+    def _build_layout(self) -> None:
+        """Buttons, the file table, the split and Tokenize on top; the text preview below."""
         file_buttons = QHBoxLayout()
         for button in (self.add_files_button, self.add_folder_button, self.remove_button, self.demo_button):
             file_buttons.addWidget(button)
@@ -140,11 +152,6 @@ class DataPanel(QWidget):
         splitter.addWidget(self.preview)
         layout = QVBoxLayout(self)
         layout.addWidget(splitter)
-
-        events.corpus_changed.connect(self.refresh)
-        events.corpus_tokenized.connect(self.refresh_stats)
-        events.tokenizer_changed.connect(self.refresh_stats)
-        self.refresh()
 
     # ---- loading files ----------------------------------------------------------------------
 
@@ -180,7 +187,7 @@ class DataPanel(QWidget):
     def _change_corpus(self, message: str, action: Callable[[ReportFn, CancelledFn], object],
                        recent: Sequence[Path] = (),
                        on_error: Callable[[BaseException, str], None] | None = None) -> None:
-        """Run a change of files in the background (with progress and cancel), then tell the other panels."""
+        """Run a change of files in the background (with progress and cancel); the session tells the panels."""
         if self.is_busy():
             self.status.setText("Busy — wait for the current operation to finish")
             return
@@ -194,8 +201,6 @@ class DataPanel(QWidget):
         self._end()
         for path in recent:
             add_recent_file(str(path))
-        self.events.corpus_changed.emit()
-        self.events.tokenizer_changed.emit()  # a new text means a new tokenizer
         self.events.status_message.emit(f"Corpus: {len(self.session.file_infos)} file(s)")
 
     def _on_change_failed(self, exc: BaseException, details: str) -> None:
@@ -226,13 +231,12 @@ class DataPanel(QWidget):
         """Build the tokenizer if needed and tokenize the corpus, with progress and cancel."""
         if self.is_busy():
             return
-        had_tokenizer = self.session.tokenizer is not None
         self._begin("Tokenizing…")
         self.progress.setRange(0, 0)
         self.progress.show()
         self.task = run_in_thread(
             lambda report, cancelled: self.session.tokenize(report, cancelled),
-            on_done=lambda _: self._on_tokenized(had_tokenizer),
+            on_done=lambda _: self._end(),
             on_error=self._on_tokenize_failed,
             progress=self._on_progress,
         )
@@ -246,12 +250,6 @@ class DataPanel(QWidget):
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(1000 * done / total))
 
-    def _on_tokenized(self, had_tokenizer: bool) -> None:
-        self._end()
-        if not had_tokenizer:
-            self.events.tokenizer_changed.emit()
-        self.events.corpus_tokenized.emit()
-
     def _on_tokenize_failed(self, exc: BaseException, details: str) -> None:
         self._end()
         if isinstance(exc, Cancelled):
@@ -261,11 +259,9 @@ class DataPanel(QWidget):
 
     def _on_val_fraction(self, value: float) -> None:
         try:
-            self.session.set_data({"val_fraction": round(value, 4)})
+            self.session.set_data({"val_fraction": round(value, 4)})  # the session announces the new split
         except LMStudioError as exc:
             dialogs.show_exception(self, exc)
-            return
-        self.refresh_stats()
 
     # ---- views ------------------------------------------------------------------------------
 
@@ -325,7 +321,7 @@ class DataPanel(QWidget):
     def _end(self) -> None:
         self.progress.hide()
         self.task = None
-        self.refresh()
+        self._update_buttons()  # what changed, the session's events have shown
 
     def _update_buttons(self, busy: bool | None = None) -> None:
         busy = self.is_busy() if busy is None else busy

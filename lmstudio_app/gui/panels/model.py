@@ -3,26 +3,27 @@
 The settings form is generated from the plugin's params dataclass; every valid change goes to
 ``session.set_model``. The summary (parameters, FLOPs per token, memory, time per step) comes
 from ``session.model_preview()``, which builds the model on the meta device and times a few
-real steps (or a matmul, for a large model), so it runs on the thread pool, debounced, with only
-the newest answer shown, and not while a run trains.
+real steps (or a matmul, for a large model), so it runs through a debounced
+:class:`~lmstudio_app.gui.queries.LatestQuery` (only the newest answer shown), and not while a run trains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
 from lmstudio_app.errors import Cancelled, LMStudioError
 from lmstudio_app.params import params_to_dict
-from lmstudio_app.session import ModelPreview, Session
+from lmstudio_app.session import Session
+from lmstudio_app.training.controller import RunState
+from lmstudio_app.training.model_preview import ModelPreview
 
 from ..dialogs import describe_exception
 from ..events import AppEvents
+from ..queries import LatestQuery
 from ..widgets.plugin_chooser import ChooserPanel, PluginChooser
-from ..worker import run_in_thread
 
 PREVIEW_DEBOUNCE_MS = 300
 
@@ -60,12 +61,10 @@ class ModelPanel(ChooserPanel, QWidget):
         self.session = session
         self.events = events
         self._preview: ModelPreview | None = None
-        self._request_id = 0
-        self._in_flight = False
-        self._pending = False
-        self._emitting = False
-        self._training = False  # a run is training: timing steps now would slow it, and be slowed
-        self._stale = False  # a refresh was asked for while training
+        self._stale = False  # a refresh was asked for while training: timing steps now would slow it
+        self._query = LatestQuery(self, debounce_ms=PREVIEW_DEBOUNCE_MS)
+        self._query.answered.connect(self._on_preview)
+        self._query.failed.connect(lambda exc, details: events.error.emit(describe_exception(exc), details))
 
         self.chooser = PluginChooser(session.registry.models(), "model")
 
@@ -98,15 +97,12 @@ class ModelPanel(ChooserPanel, QWidget):
         layout.addWidget(summary)
         layout.addStretch(1)
 
-        self._debounce = QTimer(self, singleShot=True, interval=PREVIEW_DEBOUNCE_MS)
-        self._debounce.timeout.connect(self._start_preview)
         self.chooser.plugin_chosen.connect(self._apply_settings)
         self.chooser.edited.connect(self._apply_settings)
         events.model_config_changed.connect(self._on_config_changed)
         events.train_config_changed.connect(self.refresh_preview)
         events.tokenizer_changed.connect(self.refresh_preview)
-        events.training_started.connect(self._on_training_started)
-        events.training_finished.connect(self._on_training_finished)
+        events.run_state_changed.connect(self._on_run_state)
         self.sync_from_session()
 
     # ----- public API ----------------------------------------------------------------------
@@ -116,20 +112,28 @@ class ModelPanel(ChooserPanel, QWidget):
         return self._preview
 
     def is_busy(self) -> bool:
-        return self._in_flight or self._pending or self._debounce.isActive()
+        return self._query.is_busy()
 
     def refresh_preview(self, *_args: Any) -> None:
-        if self._training:
+        if self.session.run.state.active:
             self._stale = True
             return
-        self._debounce.start()
+        if self.form is not None and self.form.error():
+            return  # the form already says what is wrong; the session still has the last valid model
+        session = self.session
 
-    def _on_training_started(self) -> None:
-        self._training = True
+        def job() -> ModelPreview | str | None:
+            try:
+                return session.model_preview()
+            except Cancelled:  # the corpus changed under the tokenizer it built: ask again
+                return None
+            except LMStudioError as exc:
+                return str(exc)
 
-    def _on_training_finished(self, *_args: Any) -> None:
-        self._training = False
-        if self._stale:
+        self._query.request(job)
+
+    def _on_run_state(self, state: RunState) -> None:
+        if not state.active and self._stale:
             self._stale = False
             self.refresh_preview()
 
@@ -149,17 +153,10 @@ class ModelPanel(ChooserPanel, QWidget):
         except LMStudioError as exc:
             self._show_error(str(exc))
             return
-        self._show_error("")
-        self._emitting = True
-        try:
-            self.events.model_config_changed.emit()
-        finally:
-            self._emitting = False
-        self.refresh_preview()
+        self._show_error("")  # the session announces the change: _on_config_changed refreshes
 
     def _on_config_changed(self) -> None:
-        if self._emitting:
-            return
+        """Reload the form only when the session's choice differs from it (a preset, a loaded run)."""
         choice = self.session.config.model
         current = params_to_dict(self.form.params()) if self.form and not self.form.error() else None
         if choice.plugin != self.plugin() or current != choice.params:
@@ -169,56 +166,18 @@ class ModelPanel(ChooserPanel, QWidget):
 
     # ----- preview ---------------------------------------------------------------------------
 
-    def _start_preview(self) -> None:
-        if self._in_flight:
-            self._pending = True
-            return
-        self._pending = False
-        if self.form is not None and self.form.error():
-            return  # the form already says what is wrong; the session still has the last valid model
-        self._request_id += 1
-        self._in_flight = True
-        had_tokenizer = self.session.tokenizer is not None
-        run_in_thread(self._preview_job(self._request_id, had_tokenizer), self._on_preview, self._on_preview_error)
-
-    def _preview_job(self, request_id: int, had_tokenizer: bool) -> Callable[..., tuple]:
-        session = self.session
-
-        def job(_report: Any, _cancelled: Any) -> tuple:
-            try:
-                return request_id, had_tokenizer, session.model_preview(), None
-            except Cancelled:  # the corpus changed under the tokenizer it built: ask again
-                return request_id, had_tokenizer, None, None
-            except LMStudioError as exc:
-                return request_id, had_tokenizer, None, str(exc)
-
-        return job
-
-    def _on_preview(self, outcome: tuple) -> None:
-        request_id, had_tokenizer, preview, problem = outcome
-        self._in_flight = False
-        if not had_tokenizer and self.session.tokenizer is not None:
-            self.events.tokenizer_changed.emit()  # model_preview built it to learn the vocabulary size
-        if preview is None and problem is None:
+    def _on_preview(self, outcome: ModelPreview | str | None) -> None:
+        if outcome is None:
             self.refresh_preview()
-        elif request_id == self._request_id and not self._pending:
-            if problem is not None:
-                self._preview = None
-                self._show_error(problem)
-                self._set_summary(None)
-            else:
-                self._show_error("")
-                self._preview = preview
-                self._set_summary(preview)
-                self.preview_ready.emit(preview)
-        if self._pending:
-            self._start_preview()
-
-    def _on_preview_error(self, exc: BaseException, details: str) -> None:
-        self._in_flight = False
-        self.events.error.emit(describe_exception(exc), details)
-        if self._pending:
-            self._start_preview()
+        elif isinstance(outcome, str):
+            self._preview = None
+            self._show_error(outcome)
+            self._set_summary(None)
+        else:
+            self._show_error("")
+            self._preview = outcome
+            self._set_summary(outcome)
+            self.preview_ready.emit(outcome)
 
     def _set_summary(self, preview: ModelPreview | None) -> None:
         if preview is None:

@@ -2,22 +2,20 @@
 
 The prompt is shown as token chips coloured by surprise, the next-token candidates as a ranked
 table and a bar chart, with temperature / top-k / top-p controls and a Generate button that
-streams a continuation. It works on the live model while training runs: inference takes the
-trainer's lock, which the training loop holds during each step, so every query runs on the
-thread pool and at most one is in flight; a newer request supersedes any result still on its
-way (stale results are dropped), and refreshes caused by training are throttled to 2 Hz.
+streams a continuation. The prompt is the session's (``session.set_prompt``); the window's
+:class:`~lmstudio_app.gui.queries.PromptScorer` scores it once per change, off the UI thread and on
+a copy of the live weights while training runs, and this panel and the pipeline view both show
+that one answer. Sampling settings re-read the answer's logits: moving a slider asks no model.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
@@ -31,46 +29,24 @@ from PySide6.QtWidgets import (
 )
 
 from lmstudio_app.errors import LMStudioError
-from lmstudio_app.inference.predictor import NextTokenPrediction, Predictor, TokenSurprise
-from lmstudio_app.session import Session
+from lmstudio_app.inference.distributions import NextTokenPrediction
+from lmstudio_app.inference.predictor import Predictor
+from lmstudio_app.session import DEFAULT_PROMPT, Session
 
 from .. import theme
 from ..dialogs import describe_exception
 from ..events import AppEvents
+from ..queries import NO_MODEL_HINT, PromptAnswer
 from ..widgets.probability_chart import CandidateTable, ProbabilityChart, SamplingControls
 from ..widgets.token_chips import TokenChips, probability_color
 from ..worker import run_in_thread
 
-DEFAULT_PROMPT = "the cat sat on the"
-NO_MODEL_HINT = "Start training or open a run to see predictions."
-_TRAINING_REFRESH_MS = 1000  # ≤ 1 Hz while the weights change under us: each refresh costs training
-_EDIT_DEBOUNCE_MS = 120
-
-
-@dataclass(frozen=True)
-class _Query:
-    request_id: int
-    text: str
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    k: int
-    model_generation: int  # which model (bumped when it is replaced, not when it trains)
-    weights_version: int  # bumped on every weight update too: keys the surprise cache
-
-
-@dataclass
-class _Answer:
-    query: _Query
-    prediction: NextTokenPrediction | None = None
-    surprise: list[TokenSurprise] | None = None
-    problem: str | None = None  # an expected failure (empty prompt, bad setting): shown inline
+__all__ = ["DEFAULT_PROMPT", "NO_MODEL_HINT", "PredictionsPanel"]
 
 
 class PredictionsPanel(QWidget):
     """Prompt → chips by surprise, ranked candidates, chart, sampling controls, generation."""
 
-    prompt_changed = Signal(str)
     prediction_ready = Signal(object)  # the NextTokenPrediction now shown
     generation_finished = Signal(str)  # the whole continuation
 
@@ -78,38 +54,22 @@ class PredictionsPanel(QWidget):
         super().__init__(parent)
         self.session = session
         self.events = events
-        self._request_id = 0
-        self._shown_request_id = 0
-        self._in_flight: _Query | None = None
-        self._pending = False
-        self._model_generation = 0
-        self._weights_version = 0
-        self._last_refresh = 0.0
-        self._surprise_cache: tuple[tuple[str, int], list[TokenSurprise]] | None = None
+        self.scores = events.prompt_scores
+        self._answer: PromptAnswer | None = None
         self._prediction: NextTokenPrediction | None = None
         self._generation_task: Any = None
         self._generated: list[str] = []
         self._generated_lock = threading.Lock()
         self._build_ui()
-
-        self._debounce = QTimer(self, singleShot=True, interval=_EDIT_DEBOUNCE_MS)
-        self._debounce.timeout.connect(self._start_query)
-        self._throttle = QTimer(self, singleShot=True)
-        self._throttle.timeout.connect(self.refresh)
-        self._model_dirty = False
-
-        events.model_updated.connect(self._on_model_updated)
-        events.training_paused.connect(self._on_model_replaced)
-        events.training_finished.connect(self._on_model_replaced)
-        events.training_started.connect(self._on_model_replaced)
-        events.tokenizer_changed.connect(self._on_model_replaced)
-        events.model_config_changed.connect(self._on_model_replaced)
-        self.refresh()
+        self.scores.scored.connect(self._on_scored)
+        events.prompt_changed.connect(self._on_session_prompt)
+        if self.scores.latest is not None:
+            self._on_scored(self.scores.latest)
 
     # ----- UI ------------------------------------------------------------------------------
 
     def _build_ui(self) -> None:
-        self.prompt_edit = QPlainTextEdit(DEFAULT_PROMPT)
+        self.prompt_edit = QPlainTextEdit(self.session.prompt)
         self.prompt_edit.setPlaceholderText("Type a prompt…")
         self.prompt_edit.setFixedHeight(self.fontMetrics().lineSpacing() * 3 + 12)
         self.prompt_edit.textChanged.connect(self._on_prompt_edited)
@@ -121,7 +81,7 @@ class PredictionsPanel(QWidget):
         self.summary_label.setWordWrap(True)
 
         self.sampling = SamplingControls()
-        self.sampling.changed.connect(self.refresh)
+        self.sampling.changed.connect(self._show_answer)  # re-reads the scored logits: no model asked
 
         self.table = CandidateTable()
         self.table.candidate_clicked.connect(self.append_candidate)
@@ -190,11 +150,11 @@ class PredictionsPanel(QWidget):
         return self.message_label.text()
 
     def is_busy(self) -> bool:
-        return self._in_flight is not None or self._pending or self._debounce.isActive()
+        return self.scores.is_busy()
 
     def refresh(self, *_args: Any) -> None:
-        """Ask the model again (debounced); call after anything that changes the answer."""
-        self._debounce.start()
+        """Ask the model again about the prompt (the answer reaches every panel that shows it)."""
+        self.scores.refresh()
 
     def append_candidate(self, index: int) -> None:
         """Append the ``index``-th listed candidate's text to the prompt (which re-predicts)."""
@@ -206,8 +166,7 @@ class PredictionsPanel(QWidget):
 
     def generate(self) -> None:
         """Sample a continuation of the prompt, streaming it into the output box."""
-        predictor = self.session.predictor()
-        if predictor is None:
+        if not self.session.has_model():
             self._show_message(NO_MODEL_HINT)
             return
         if self._generation_task is not None:
@@ -219,7 +178,7 @@ class PredictionsPanel(QWidget):
         self.output_edit.clear()
         self._generated = []
         self._generation_task = run_in_thread(
-            self._generation_job(predictor, prompt, settings),
+            self._generation_job(prompt, settings),
             self._on_generation_done, self._on_generation_error, self._on_generation_progress,
         )
         self.generate_button.setText("Stop")
@@ -228,97 +187,39 @@ class PredictionsPanel(QWidget):
         if self._generation_task is not None:
             self._generation_task.cancel()
 
-    # ----- queries -------------------------------------------------------------------------
+    # ----- the prompt and its answer ---------------------------------------------------------
 
     def _on_prompt_edited(self) -> None:
-        self.prompt_changed.emit(self.prompt())
-        self.events.prompt_changed.emit(self.prompt())
-        self.refresh()
+        self.session.set_prompt(self.prompt())
 
-    def _on_model_updated(self) -> None:
-        self._weights_version += 1
-        if not self.isVisible():
-            self._model_dirty = True  # a hidden panel catches up when shown
-            return
-        wait = _TRAINING_REFRESH_MS - (time.monotonic() - self._last_refresh) * 1000
-        if not self._throttle.isActive():
-            self._throttle.start(max(0, int(wait)))
+    def _on_session_prompt(self, text: str) -> None:
+        if text != self.prompt():  # set elsewhere (the session, another view): show it here too
+            self.prompt_edit.setPlainText(text)
 
-    def _on_model_replaced(self, *_args: Any) -> None:
-        self._model_generation += 1
-        self._weights_version += 1
-        self.refresh()
-
-    def showEvent(self, event: Any) -> None:
-        super().showEvent(event)
-        if self._model_dirty:
-            self._model_dirty = False
-            self.refresh()
-
-    def _start_query(self) -> None:
-        if self._in_flight is not None:
-            self._pending = True  # one query at a time; the newest settings win when it returns
-            return
-        self._pending = False
-        predictor = self.session.predictor()
-        text = self.prompt()
-        if predictor is None:  # still show how the prompt tokenizes, if a tokenizer exists
-            tokenizer = self.session.tokenizer
-            self._clear_results(NO_MODEL_HINT, error=False)
-            self.chips.set_tokens(tokenizer.encode_with_offsets(text) if tokenizer is not None else [])
-            return
-        self._request_id += 1
-        self._last_refresh = time.monotonic()
-        query = _Query(self._request_id, text, self.temperature(), self.sampling.top_k(), self.sampling.top_p(),
-                       self.sampling.rows(), self._model_generation, self._weights_version)
-        cached = None
-        if self._surprise_cache is not None and self._surprise_cache[0] == (text, query.weights_version):
-            cached = self._surprise_cache[1]
-        self._in_flight = query
-        run_in_thread(self._query_job(predictor, query, cached), self._on_answer, self._on_query_error)
-
-    @staticmethod
-    def _query_job(predictor: Predictor, query: _Query, cached: list[TokenSurprise] | None) -> Callable:
-        def job(_report: Any, _cancelled: Any) -> _Answer:
-            try:
-                prediction = predictor.next_token(query.text, temperature=query.temperature, top_k=query.top_k,
-                                                  top_p=query.top_p, k=query.k)
-                surprise = cached if cached is not None else predictor.surprise(query.text)
-            except LMStudioError as exc:
-                return _Answer(query, problem=str(exc))
-            return _Answer(query, prediction, surprise)
-
-        return job
-
-    def _on_answer(self, answer: _Answer) -> None:
-        self._in_flight = None
-        # Drop an answer about another prompt or another model; one that is merely a setting
-        # behind (the slider moved on) is still shown, so dragging reshapes the chart as it goes.
-        query = answer.query
-        stale = (query.request_id <= self._shown_request_id or query.text != self.prompt()
-                 or query.model_generation != self._model_generation)
-        if not stale:
-            self._shown_request_id = query.request_id
-            self._show_answer(answer)
-        if self._pending:
-            self._start_query()
-
-    def _on_query_error(self, exc: BaseException, details: str) -> None:
-        self._in_flight = None
-        self.events.error.emit(describe_exception(exc), details)
-        if self._pending:
-            self._start_query()
+    def _on_scored(self, answer: PromptAnswer) -> None:
+        self._answer = answer
+        self._show_answer()
 
     # ----- display -------------------------------------------------------------------------
 
-    def _show_answer(self, answer: _Answer) -> None:
-        if answer.problem is not None:
-            self._clear_results(answer.problem, error=True)
+    def _show_answer(self) -> None:
+        answer = self._answer
+        if answer is None or answer.text != self.prompt():
+            return  # the answer for the current prompt is on its way
+        if answer.score is None:
+            self._clear_results(answer.problem or NO_MODEL_HINT, error=answer.problem != NO_MODEL_HINT)
+            if answer.problem == NO_MODEL_HINT:  # still show how the prompt tokenizes
+                self.chips.set_tokens(answer.tokens)
             return
-        prediction, surprise = answer.prediction, answer.surprise or []
-        assert prediction is not None
-        self._surprise_cache = ((answer.query.text, answer.query.weights_version), surprise)
+        score = answer.score
+        try:
+            prediction = score.prediction(temperature=self.temperature(), top_k=self.sampling.top_k(),
+                                          top_p=self.sampling.top_p(), k=self.sampling.rows())
+        except LMStudioError as exc:  # a sampling setting out of range
+            self._clear_results(str(exc), error=True)
+            return
         self._prediction = prediction
+        surprise = score.surprise
         colors = [probability_color(s.prob) for s in surprise]
         tips = ["first token: nothing before it to predict it from" if s.prob is None
                 else f"p = {s.prob:.4f} (the model's probability for this token)\nloss = {s.loss:.3f} nats"
@@ -363,8 +264,13 @@ class PredictionsPanel(QWidget):
         else:
             self.generate()
 
-    def _generation_job(self, predictor: Predictor, prompt: str, settings: dict[str, Any]) -> Callable:
+    def _generation_job(self, prompt: str, settings: dict[str, Any]) -> Callable:
+        session = self.session
+
         def job(report: Callable[[int, int], None], cancelled: Callable[[], bool]) -> str:
+            predictor: Predictor | None = session.predictor()  # here: refreshing it may wait for a step
+            if predictor is None:
+                return ""
             pieces = []
             for piece in predictor.generate_iter(prompt, **settings):
                 pieces.append(piece)

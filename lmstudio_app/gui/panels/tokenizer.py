@@ -47,7 +47,6 @@ class TokenizerPanel(ChooserPanel, QWidget):
         self._task: BackgroundTask[Any] | None = None
         self._phase = ""
         self._cancel_requested = False
-        self._emitting = False  # our own tokenizer_changed must not reload the form we edit
 
         self.chooser = PluginChooser(session.registry.tokenizers(), "tokenizer")
 
@@ -129,14 +128,11 @@ class TokenizerPanel(ChooserPanel, QWidget):
         except LMStudioError as exc:
             self._show_error(str(exc))
             return
-        self._show_error("")
-        self._emit(self.events.tokenizer_changed)
+        self._show_error("")  # the session announces the change: _on_tokenizer_changed follows
 
     def _on_tokenizer_changed(self) -> None:
-        if self._emitting:
-            self.update_stats()
-            self.update_sample()
-            return
+        """Reload the form only when the session's choice differs from it (a preset, a loaded
+        run): the person's own edit arrives here too and must not reset what they are typing."""
         choice = self.session.config.tokenizer
         current = params_to_dict(self.form.params()) if self.form and not self.form.error() else None
         if choice.plugin != self.plugin() or current != choice.params:
@@ -144,13 +140,6 @@ class TokenizerPanel(ChooserPanel, QWidget):
         else:
             self.update_stats()
             self.update_sample()
-
-    def _emit(self, signal: Any) -> None:
-        self._emitting = True
-        try:
-            signal.emit()
-        finally:
-            self._emitting = False
 
     # ----- training --------------------------------------------------------------------------
 
@@ -189,14 +178,12 @@ class TokenizerPanel(ChooserPanel, QWidget):
 
     def _on_trained(self, corpus: TokenizedCorpus) -> None:
         self._set_busy(False)
-        self._emit(self.events.tokenizer_changed)
-        self._emit(self.events.corpus_tokenized)
+        self.update_stats()
         self.events.status_message.emit(f"Tokenizer ready: vocabulary of {corpus.vocab_size:,}")
 
     def _on_failed(self, exc: BaseException, details: str) -> None:
         self._set_busy(False)
-        # a tokenizer built before the cancel is real: let the other panels see it
-        self._emit(self.events.tokenizer_changed)
+        self.update_stats()  # a tokenizer built before the cancel is real (the session announced it)
         if isinstance(exc, Cancelled):
             self.status_label.setText("Cancelled" if self._cancel_requested else str(exc))
         elif isinstance(exc, LMStudioError):

@@ -1,8 +1,10 @@
 """The Training dock: device, settings, presets, start/pause/resume/stop, progress and plots.
 
-The panel owns the :class:`~lmstudio_app.gui.worker.TrainingRunner`; the main window's
-Training menu calls the same public methods the buttons do. Preparing a run (tokenizing,
-building the model) happens on the thread pool, so the window never freezes.
+A view over the session's Qt-free :class:`~lmstudio_app.training.controller.RunController`
+(``session.run``): the buttons (and the main window's Training menu, through the same public
+methods) call it, and the panel shows what its events say: the run's state, each step on the
+plot, the end. Preparing a run (tokenizing, building the model) happens on the run's thread, so
+the window never freezes.
 """
 
 from __future__ import annotations
@@ -33,18 +35,15 @@ from lmstudio_app.params import params_to_dict
 from lmstudio_app.resources import list_presets
 from lmstudio_app.session import Session
 from lmstudio_app.settings import default_runs_dir
-from lmstudio_app.tokenizer import Tokenizer
 from lmstudio_app.training.control import StepMetrics
-from lmstudio_app.training.trainer import Trainer
+from lmstudio_app.training.controller import RunState
 
 from .. import dialogs
 from ..events import AppEvents
 from ..widgets.loss_plot import LossPlot
 from ..widgets.param_form import ParamForm
 from ..widgets.training_progress import ProgressStrip
-from ..worker import BackgroundTask, TrainingRunner, run_in_thread
-
-IDLE, PREPARING, RUNNING, PAUSED = "idle", "preparing", "running", "paused"
+from ..worker import run_in_thread
 
 
 class TrainingPanel(QWidget):
@@ -54,10 +53,8 @@ class TrainingPanel(QWidget):
         super().__init__(parent)
         self.session = session
         self.events = events
-        self.runner = TrainingRunner(self)
-        self.state = IDLE
-        self._preparing_task: BackgroundTask | None = None
-        self._announcing = False
+        self.run = session.run
+        self._shown_state = RunState.IDLE
 
         self.device_combo = QComboBox()
         self.device_combo.setObjectName("deviceCombo")
@@ -102,23 +99,31 @@ class TrainingPanel(QWidget):
         self.samples.setPlaceholderText("A sample of generated text appears at each evaluation.")
         self._build_layout(form_scroll)
 
-        self.runner.step.connect(self._on_step)
-        self.runner.finished.connect(self._on_finished)
-        self.runner.failed.connect(self._on_failed)
-        self.events.train_config_changed.connect(self.refresh_from_session)
+        events.run_state_changed.connect(self._set_state)
+        events.training_started.connect(self._on_started)
+        events.training_step.connect(self._on_step)
+        events.training_finished.connect(self._on_finished)
+        events.training_failed.connect(self._on_failed)
+        events.train_config_changed.connect(self.refresh_from_session)
         self.refresh_from_session()
-        self._set_state(IDLE)
+        self._set_state(self.run.state)
 
     # ---- public actions (buttons and menu) --------------------------------------------------
 
+    @property
+    def state(self) -> RunState:
+        """The run's state as this panel shows it (the controller's, once its event arrived)."""
+        return self._shown_state
+
     def start_training(self) -> None:
         """Commit the settings, then tokenize and build the run in the background and start it."""
-        if self.state == IDLE and self._commit_settings():
-            self._prepare("Preparing: tokenizing the corpus and building the model…", self.session.create_trainer)
+        if not self.run.state.active and self._commit_settings():
+            self.status.busy("Preparing: tokenizing the corpus and building the model…")  # until the first step
+            self._guard(self.session.start_training)
 
     def resume_run(self, run_dir: str | Path) -> None:
         """Continue a saved run (its config, weights and optimiser state) in the background."""
-        if self.state != IDLE:
+        if self.run.state.active:
             return
         run_dir = Path(run_dir)
         try:
@@ -128,8 +133,8 @@ class TrainingPanel(QWidget):
             return
         wanted = self.form.values().get("max_steps") or 0
         overrides = {"max_steps": wanted} if wanted > saved.train.max_steps else {}
-        self._prepare(f"Resuming {run_dir.name}…", lambda: self.session.resume_trainer(run_dir, overrides),
-                      resumed=True)
+        self.status.busy(f"Resuming {run_dir.name}…")
+        self._guard(lambda: self.session.resume_training(run_dir, overrides))
 
     def choose_run_to_resume(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Resume run", str(default_runs_dir()))
@@ -137,117 +142,68 @@ class TrainingPanel(QWidget):
             self.resume_run(folder)
 
     def pause_training(self) -> None:
-        if self.state == RUNNING:
-            self.runner.pause()
-            self._set_state(PAUSED)
-            self.events.training_paused.emit()
+        self.run.pause()
 
     def resume_training(self) -> None:
-        if self.state == PAUSED:
-            self.runner.resume()
-            self._set_state(RUNNING)
-            self.events.training_resumed.emit()
+        self.run.resume()
 
     def toggle_pause(self) -> None:
-        self.pause_training() if self.state == RUNNING else self.resume_training()
+        self.run.toggle_pause()
 
     def stop_training(self) -> None:
         """Ask the trainer to stop after the current step; it saves a final checkpoint."""
-        if self.state in (RUNNING, PAUSED):
-            self.runner.stop()  # also wakes a paused trainer so it can see the stop
+        if self.run.state in (RunState.TRAINING, RunState.PAUSED):
+            self.run.stop()
             self.rate_label.setText("Stopping after this step…")
 
     def stop_and_wait(self, timeout_ms: int = -1) -> bool:
-        """Stop a running trainer and block until its thread ended (used when closing)."""
-        if self._preparing_task is not None:  # a run still being prepared is never launched
-            self._preparing_task.cancel()
-            self._preparing_task = None
-            self._set_state(IDLE)
-        return self.runner.stop_and_wait(timeout_ms)
+        """Stop a running trainer and block until its thread ended (used when closing); a run
+        still being prepared is abandoned, not waited for."""
+        return self.run.stop_and_wait(None if timeout_ms < 0 else timeout_ms / 1000)
 
     def is_training(self) -> bool:
-        return self.state in (PREPARING, RUNNING, PAUSED)
+        return self._shown_state.active
 
     def save_checkpoint(self) -> None:
         """Save now, from a pool thread: the trainer takes its lock, so this lands between steps."""
         trainer = self.session.trainer
         if trainer is None:
             return
-        run_in_thread(lambda report, cancelled: trainer.save_checkpoint(), on_done=lambda path: self.events.status_message.emit(f"Checkpoint saved: {path}"),
+        run_in_thread(lambda report, cancelled: trainer.save_checkpoint(),
+                      on_done=lambda path: self.events.status_message.emit(f"Checkpoint saved: {path}"),
                       on_error=lambda exc, details: dialogs.show_exception(self, exc, details or None))
 
     def refresh_from_session(self) -> None:
         """Show the session's train settings (after a preset, a loaded run, a resumed run)."""
-        if self._announcing:
-            return
         train = self.session.config.train
-        self.form.set_values(params_to_dict(train))
+        values = params_to_dict(train)
+        if self.form.error() or self.form.values() != {**self.form.values(), **values}:
+            self.form.set_values(values)
         with QSignalBlocker(self.device_combo):
             self.device_combo.setCurrentIndex(max(self.device_combo.findData(train.device), 0))
 
-    # ---- preparing and launching -----------------------------------------------------------
+    # ---- the run's events ----------------------------------------------------------------------
 
-    def _prepare(self, message: str, make_trainer: Callable[[], Trainer], resumed: bool = False) -> None:
-        """Build the trainer on the thread pool (tokenizing can take a while), then launch it."""
-        tokenizer_before = self.session.tokenizer
-        self._set_state(PREPARING)
-        self.status.busy(message)  # until the first step
-        task = run_in_thread(lambda report, cancelled: make_trainer(),
-                             on_done=lambda trainer: self._launch(task, trainer, tokenizer_before, resumed),
-                             on_error=lambda exc, details: self._on_prepare_failed(task, exc, details))
-        self._preparing_task = task
+    def _guard(self, start: Callable[[], None]) -> None:
+        try:
+            start()
+        except LMStudioError as exc:
+            self.status.idle("Could not start")
+            dialogs.show_exception(self, exc)
 
-    def _launch(self, task: BackgroundTask, trainer: Trainer, tokenizer_before: Tokenizer | None,
-                resumed: bool = False) -> None:
-        if task is not self._preparing_task:  # abandoned (the window is closing)
+    def _on_started(self) -> None:
+        trainer = self.session.trainer
+        if trainer is None:
             return
-        self._preparing_task = None
-        try:
-            if self.session.tokenizer is not tokenizer_before:
-                self.events.tokenizer_changed.emit()
-            if self.session.corpus is not None:
-                self.events.corpus_tokenized.emit()
-            if resumed:  # the session switched to the run's data and settings
-                self.refresh_from_session()
-                for signal in (self.events.corpus_changed, self.events.model_config_changed,
-                               self.events.train_config_changed):
-                    signal.emit()
-            self.loss_plot.clear()
-            self._load_history(trainer)
-            self.loss_plot.set_step_range(trainer.config.train.max_steps)
-            self.samples.clear()
-            self.status.begin(trainer.config.train.max_steps)
-            self.runner.start(trainer)
-        except BaseException:
-            self._set_state(IDLE)  # never stay stuck in "preparing"; the exception hook shows it
-            raise
-        self._set_state(RUNNING)
-        self.events.training_started.emit()
-        if trainer.run_dir is not None:
-            self.events.status_message.emit(f"Training in {trainer.run_dir.path}")
-
-    def _load_history(self, trainer: Trainer) -> None:
-        """A resumed run shows its earlier curve too (an unreadable log just starts empty)."""
-        try:
-            records = trainer.run_dir.read_metrics() if trainer.run_dir is not None else []
-        except LMStudioError:
-            records = []
-        for record in records:
+        self.loss_plot.clear()
+        for record in self.run.history:  # a resumed run shows its earlier curve too
             self.loss_plot.add_point(record.get("step", 0), record.get("train_loss"), record.get("lr"),
                                      record.get("val_loss"))
-
-    def _on_prepare_failed(self, task: BackgroundTask, exc: BaseException, details: str) -> None:
-        if task is not self._preparing_task:
-            return
-        self._preparing_task = None
-        self._set_state(IDLE)
-        if isinstance(exc, Cancelled):
-            self.status.idle(str(exc))
-            return
-        self.status.idle("Could not start")
-        dialogs.show_exception(self, exc, None if isinstance(exc, LMStudioError) else details)
-
-    # ---- worker signals --------------------------------------------------------------------
+        self.loss_plot.set_step_range(trainer.config.train.max_steps)
+        self.samples.clear()
+        self.status.begin(trainer.config.train.max_steps)
+        if trainer.run_dir is not None:
+            self.events.status_message.emit(f"Training in {trainer.run_dir.path}")
 
     def _on_step(self, metrics: StepMetrics) -> None:
         """Per report only cheap work (reports can come hundreds of times a second): the plot
@@ -257,22 +213,24 @@ class TrainingPanel(QWidget):
         if metrics.sample:
             val = f" (val loss {metrics.val_loss:.4f})" if metrics.val_loss is not None else ""
             self.samples.appendPlainText(f"── step {metrics.step}{val} ──\n{metrics.sample}\n")
-        self.events.training_step.emit(metrics)
-        if metrics.val_loss is not None:
-            self.events.model_updated.emit()
 
     def _on_finished(self, reason: str) -> None:
+        if self.run.error is not None:
+            return  # a failure: _on_failed says so
         self.loss_plot.redraw()
-        self._set_state(IDLE)
         self.status.finish(f"Training {reason}" if reason in ("finished", "stopped") else reason)
-        self.events.training_finished.emit(reason)
-        self.events.model_updated.emit()
 
-    def _on_failed(self, message: str, details: str) -> None:
-        self._set_state(IDLE)
+    def _on_failed(self, exc: BaseException, details: str) -> None:
+        if isinstance(exc, Cancelled):  # the data changed while preparing: nothing to report but that
+            self.status.idle(str(exc))
+            return
+        if self.run.trainer is None:  # preparing failed: it never started
+            self.status.idle("Could not start")
+            dialogs.show_exception(self, exc, None if isinstance(exc, LMStudioError) else details)
+            return
         self.status.finish("Training failed")
-        self.events.training_finished.emit(message)
-        dialogs.show_error(self, message, details)
+        dialogs.show_error(self, str(exc) if isinstance(exc, LMStudioError) else dialogs.describe_exception(exc),
+                           details)
 
     # ---- settings ---------------------------------------------------------------------------
 
@@ -289,26 +247,16 @@ class TrainingPanel(QWidget):
         return True
 
     def _on_form_changed(self) -> None:
-        if self.state == IDLE and self._commit_settings():
-            self._announcing = True  # our own change: no need to reload the form from the session
-            try:
-                self.events.train_config_changed.emit()
-            finally:
-                self._announcing = False
+        if not self.run.state.active:
+            self._commit_settings()
 
     def _on_device_chosen(self) -> None:
         self.form.set_values({"device": self.device_combo.currentData()})
         self._on_form_changed()
 
     def apply_preset(self, name_or_path: str | Path) -> None:
-        """Overlay a bundled preset (by name) or a preset file; the other panels follow."""
-        if self.state != IDLE:
-            raise ConfigError(f"{name_or_path}: stop the training before changing the settings")
-        self.session.apply_preset(name_or_path)
-        self.refresh_from_session()
-        for signal in (self.events.train_config_changed, self.events.model_config_changed,
-                       self.events.tokenizer_changed):
-            signal.emit()
+        """Overlay a bundled preset (by name) or a preset file; every panel follows the session."""
+        self.session.apply_preset(name_or_path)  # refused while a run is active
         self.events.status_message.emit(f"Preset {Path(name_or_path).stem!r} applied")
 
     def _on_preset_chosen(self, index: int) -> None:
@@ -352,17 +300,20 @@ class TrainingPanel(QWidget):
         splitter.setStretchFactor(1, 3)
         QVBoxLayout(self).addWidget(splitter)
 
-    def _set_state(self, state: str) -> None:
-        self.state = state
+    def _set_state(self, state: RunState) -> None:
+        idle = not state.active
         has_trainer = self.session.trainer is not None
-        self.start_button.setEnabled(state == IDLE)
-        self.resume_run_button.setEnabled(state == IDLE)
-        self.pause_button.setEnabled(state == RUNNING)
-        self.resume_button.setEnabled(state == PAUSED)
-        self.stop_button.setEnabled(state in (RUNNING, PAUSED))
-        self.save_button.setEnabled(has_trainer and state in (IDLE, RUNNING, PAUSED))
+        self.start_button.setEnabled(idle)
+        self.resume_run_button.setEnabled(idle)
+        self.pause_button.setEnabled(state == RunState.TRAINING)
+        self.resume_button.setEnabled(state == RunState.PAUSED)
+        self.stop_button.setEnabled(state in (RunState.TRAINING, RunState.PAUSED))
+        self.save_button.setEnabled(has_trainer and state != RunState.PREPARING)
         for widget in (self.form, self.device_combo, self.preset_combo):
-            widget.setEnabled(state == IDLE)
+            widget.setEnabled(idle)
+        if state == RunState.IDLE and self._shown_state == RunState.PREPARING:
+            self.status.idle("Not started")  # a preparation was abandoned (or the data changed meanwhile)
+        self._shown_state = state
 
     def _button(self, text: str, name: str, slot: Callable[[], object]) -> QPushButton:
         button = QPushButton(text, objectName=name)

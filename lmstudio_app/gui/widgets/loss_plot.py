@@ -2,10 +2,12 @@
 
 Incoming metrics only go into numpy buffers (amortised O(1) appends, the smoothed curve's EMA
 updated incrementally); a timer redraws, only when something changed and the plot is on
-screen, up to 15 times a second but never taking more than 5% of the GUI thread (a training
-thread shares the interpreter with it, so plot time is training time). A redraw hands each curve at most a few thousand points: min/max ("peak")
-decimation over the visible steps, from per-level caches that only the new points extend
-(:mod:`.plot_data`), so spikes stay visible and pyqtgraph never sees the full buffers.
+screen, at most every :data:`REDRAW_INTERVAL_MS` and never taking more than the
+:data:`REDRAW_BUDGET` share of the GUI thread (a training thread shares the interpreter with it,
+so plot time is training time). A redraw hands each curve at most a few thousand points
+(:data:`MAX_BINS` bins of two): min/max ("peak") decimation over the visible steps, from
+per-level caches that only the new points extend (:mod:`.plot_data`), so spikes stay visible
+and pyqtgraph never sees the full buffers.
 The axes render into cached pixmaps and, while training, the step axis spans the whole run
 from the start, so a new point repaints the curves without re-laying out the ticks and grid.
 Buffers are capped: past the cap the older half is thinned 2:1, so memory stays flat in long
@@ -22,6 +24,8 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QPaintEvent, QShowEvent
 from PySide6.QtWidgets import QCheckBox, QGraphicsItem, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
+from lmstudio_app.training.control import StepMetrics
+
 from .. import theme
 from .plot_data import DEFAULT_MAX_POINTS, PeakDecimator, SeriesBuffer, ema
 
@@ -29,7 +33,8 @@ REDRAW_INTERVAL_MS = 66  # ~15 Hz at most: fluid to the eye
 MAX_REDRAW_INTERVAL_MS = 1000  # and at least 1 Hz, however slow the machine
 # Share of wall time that redrawing the plot may take. Painting holds the GIL (pyqtgraph paints
 # in Python, PySide6 keeps the GIL through Qt calls), so this is also what it may cost training:
-# a ~8 ms frame is then redrawn about once a second, a 2 ms one five times.
+# redraws are spaced a frame's cost divided by this apart (within REDRAW_INTERVAL_MS and
+# MAX_REDRAW_INTERVAL_MS), so a frame twice as costly is redrawn half as often.
 REDRAW_BUDGET = 0.01
 MAX_BINS = 1500  # per curve: 2 points a bin, about two per pixel of a wide plot
 MAX_MARKERS = 300  # validation points drawn with a marker each; more are drawn as a line
@@ -53,8 +58,8 @@ class StickyViewBox(pg.ViewBox):
 
     Re-ranging an axis re-lays out its ticks, labels and grid: the costliest part of a paint.
     Plain auto-range does it whenever the loss reaches a new low; here an auto-ranged axis keeps
-    its range while the data still fits it and fills at least half of it, and when it has to
-    move it leaves some headroom. A range set any other way (zoom, pan) is left alone, and the
+    its range while the data still fits it and fills at least :data:`RANGE_SHRINK_BELOW` of it,
+    and when it has to move it leaves :data:`RANGE_HEADROOM` of the data's span free on each side. A range set any other way (zoom, pan) is left alone, and the
     "A" button still fits the data at once. ``from_zero``: the y range starts at 0 (losses and
     learning rates are never negative; on a linear axis the range then only changes when a
     new high arrives, which during training is rare).
@@ -139,6 +144,21 @@ class LossPlot(QWidget):
 
     def __init__(self, parent: QWidget | None = None, max_points: int = DEFAULT_MAX_POINTS) -> None:
         super().__init__(parent)
+        self._init_buffers(max_points)
+        palette = theme.apply_theme()  # pyqtgraph's colours are read when a plot is created
+        self._build_axes()
+        self._build_legend()
+        self._build_curves()
+        self._cache_axes_and_legend()
+        self._apply_palette(palette)
+        theme.on_scheme_changed(self, lambda: self._apply_palette(theme.plot_palette()))
+        self._build_layout(self._build_controls())
+        self._build_timers()
+
+    # ---- construction ---------------------------------------------------------------------
+
+    def _init_buffers(self, max_points: int) -> None:
+        """The curves' data, the incremental EMA's state and the redraw bookkeeping."""
         self.train = SeriesBuffer(max_points)
         self.val = SeriesBuffer(max_points)
         self.lr = SeriesBuffer(max_points)
@@ -152,47 +172,56 @@ class LossPlot(QWidget):
         self._drawn_steps: tuple[float | None, float | None] = (None, None)  # the range last decimated
         self.redraw_count = 0  # redraws that pushed data to the curves (for tests and benchmarks)
 
-        palette = theme.apply_theme()
+    def _build_axes(self) -> None:
+        """The plot with its loss axis (left), step axis (bottom) and learning-rate axis (right)."""
         self.loss_view = StickyViewBox(from_zero=True)
         self.plot_widget = _TimedPlotWidget(viewBox=self.loss_view)
         self.plot_item = self.plot_widget.getPlotItem()
         self.plot_item.setLabel("bottom", "step")
         self.plot_item.setLabel("left", "loss")
-        self.plot_item.addLegend(offset=(-10, 10))
-        self.train_raw_curve = self.plot_item.plot(name="train (raw)")
-        self.train_curve = self.plot_item.plot(name="train")
-        self.val_curve = self.plot_item.plot(name="validation", symbol="o", symbolSize=6)
-
         # The learning rate lives on its own y axis: a second ViewBox sharing the x axis.
         self.lr_view = StickyViewBox(from_zero=True)
         self.plot_item.showAxis("right")
         self.plot_item.scene().addItem(self.lr_view)
-        self.plot_item.getAxis("right").linkToView(self.lr_view)
-        self.plot_item.getAxis("right").setLabel("learning rate")
+        right = self.plot_item.getAxis("right")
+        right.linkToView(self.lr_view)
+        right.setLabel("learning rate")
         # Tick labels in plain numbers: an SI scale factor would put "(x0.001)" into the label,
         # which then no longer fits the axis.
-        self.plot_item.getAxis("right").enableAutoSIPrefix(False)
+        right.enableAutoSIPrefix(False)
         self.lr_view.setXLink(self.plot_item)
-        self.lr_curve = pg.PlotDataItem(name="learning rate")
-        self.lr_view.addItem(self.lr_curve)
-        self.plot_item.legend.addItem(self.lr_curve, "learning rate")
         self.plot_item.vb.sigResized.connect(self._sync_lr_view)
         # Tick labels may widen an axis but never narrow it again: otherwise the right axis can
         # flip between two widths at every redraw, and each flip resizes the view (a full repaint).
         for name in ("left", "right"):
             self.plot_item.getAxis(name).setStyle(autoReduceTextSpace=False)
-        # Ticks, labels and grid lines are the costly part of a paint; as pixmaps they are only
-        # re-rendered when their axis range changes, not whenever a curve moves over them.
-        for item in (*(self.plot_item.getAxis(name) for name in ("left", "bottom", "right")), self.plot_item.legend):
-            item.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+
+    def _build_legend(self) -> None:
+        """The legend; curves created with a name from now on list themselves in it."""
+        self.plot_item.addLegend(offset=(-10, 10))
+
+    def _build_curves(self) -> None:
+        """The four curves, each fed by its buffer through a decimator."""
+        self.train_raw_curve = self.plot_item.plot(name="train (raw)")
+        self.train_curve = self.plot_item.plot(name="train")
+        self.val_curve = self.plot_item.plot(name="validation", symbol="o", symbolSize=6)
+        self.lr_curve = pg.PlotDataItem(name="learning rate")
+        self.lr_view.addItem(self.lr_curve)  # not in the loss view: add it to the legend by hand
+        self.plot_item.legend.addItem(self.lr_curve, "learning rate")
         self._curves = [_DecimatedCurve(self.train, self.train_raw_curve),
                         _DecimatedCurve(self.smoothed, self.train_curve),
                         _DecimatedCurve(self.val, self.val_curve, symbol="o"),
                         _DecimatedCurve(self.lr, self.lr_curve)]
         self._set_skip_finite_check(True)
-        self._apply_palette(palette)
-        theme.on_scheme_changed(self, lambda: self._apply_palette(theme.plot_palette()))
 
+    def _cache_axes_and_legend(self) -> None:
+        """Ticks, labels and grid lines are the costly part of a paint; as pixmaps they are only
+        re-rendered when their axis range changes, not whenever a curve moves over them."""
+        for item in (*(self.plot_item.getAxis(name) for name in ("left", "bottom", "right")), self.plot_item.legend):
+            item.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+
+    def _build_controls(self) -> QHBoxLayout:
+        """The smoothing slider (with its value) and the log-scale check box, in a row."""
         self.smoothing_slider = QSlider(Qt.Orientation.Horizontal)
         self.smoothing_slider.setObjectName("smoothingSlider")
         self.smoothing_slider.setRange(0, 99)
@@ -203,17 +232,21 @@ class LossPlot(QWidget):
         self.log_checkbox = QCheckBox("Log scale")
         self.log_checkbox.setObjectName("logScale")
         self.log_checkbox.toggled.connect(self.set_log_y)
-
         controls = QHBoxLayout()
         controls.addWidget(QLabel("Smoothing"))
         controls.addWidget(self.smoothing_slider, 1)
         controls.addWidget(self.smoothing_label)
         controls.addWidget(self.log_checkbox)
+        return controls
+
+    def _build_layout(self, controls: QHBoxLayout) -> None:
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.plot_widget, 1)
         layout.addLayout(controls)
 
+    def _build_timers(self) -> None:
+        """The paced redraw timer, and a prompt one-off redraw after a zoom or pan by hand."""
         self._timer = QTimer(self)
         self._timer.setInterval(REDRAW_INTERVAL_MS)
         self._timer.timeout.connect(self.redraw)
@@ -242,9 +275,9 @@ class LossPlot(QWidget):
             self.val.append(step, val_loss)
         self._dirty = True
 
-    def add_metrics(self, metrics: object) -> None:
-        """Take a StepMetrics (step, train_loss, lr, val_loss)."""
-        self.add_point(metrics.step, metrics.train_loss, metrics.lr, metrics.val_loss)  # type: ignore[attr-defined]
+    def add_metrics(self, metrics: StepMetrics) -> None:
+        """Take a step's report (its step, train_loss, lr and val_loss)."""
+        self.add_point(metrics.step, metrics.train_loss, metrics.lr, metrics.val_loss)
 
     def clear(self) -> None:
         """Forget every point; the step axis follows the data again (see :meth:`set_step_range`)."""
@@ -284,6 +317,7 @@ class LossPlot(QWidget):
         self._dirty = True
 
     def set_log_y(self, on: bool) -> None:
+        """A logarithmic loss axis (the check box follows)."""
         self.plot_item.setLogMode(x=False, y=bool(on))
         self._set_skip_finite_check(not on)  # log10 of a zero loss is -inf: let pyqtgraph check
         if self.log_checkbox.isChecked() != bool(on):

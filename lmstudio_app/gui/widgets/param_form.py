@@ -7,7 +7,7 @@ config file and ``--set`` agree on what is valid.
 
 Number editors accept out-of-range values as typed and report them inline (naming the key)
 instead of silently rejecting keystrokes: a person who types 500 into "layers" should learn
-that the maximum is 64, not wonder why nothing happens.
+what the field's maximum is, not wonder why nothing happens. The arrows stay in range.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -43,6 +44,16 @@ _FLOAT_LIMIT = 1e15
 _INVALID_PROPERTY = "paramInvalid"
 
 
+def _step_flags(value: float, lo: float, hi: float) -> QAbstractSpinBox.StepEnabledFlag:
+    """The arrows a spin box limited to [lo, hi] offers at ``value``: up below hi, down above lo."""
+    flags = QAbstractSpinBox.StepEnabledFlag.StepNone
+    if value < hi:
+        flags |= QAbstractSpinBox.StepEnabledFlag.StepUpEnabled
+    if value > lo:
+        flags |= QAbstractSpinBox.StepEnabledFlag.StepDownEnabled
+    return flags
+
+
 def _is_path_field(info: ParamInfo) -> bool:
     name = info.name.lower()
     return info.type is str and (name == "path" or name.endswith(("_path", "_file")))
@@ -63,20 +74,15 @@ class _IntSpinBox(QSpinBox):
         target = self.value() + steps * self.singleStep()
         self.setValue(min(max(target, self._lo), self._hi))
 
-    def stepEnabled(self) -> QSpinBox.StepEnabledFlag:
-        flags = QSpinBox.StepEnabledFlag.StepNone
-        if self.value() < self._hi:
-            flags |= QSpinBox.StepEnabledFlag.StepUpEnabled
-        if self.value() > self._lo:
-            flags |= QSpinBox.StepEnabledFlag.StepDownEnabled
-        return flags
+    def stepEnabled(self) -> QAbstractSpinBox.StepEnabledFlag:
+        return _step_flags(self.value(), self._lo, self._hi)
 
 
 class _FloatSpinBox(QDoubleSpinBox):
     """A spin box that shows and accepts any float notation, e.g. ``3e-4`` for learning rates.
 
     QDoubleSpinBox rounds to ``decimals`` and formats with a fixed number of digits; here the
-    value keeps 15 decimals and is shown with ``%g`` so 0.0003 and 1e-07 both read naturally.
+    value keeps 15 decimals and is shown with ``%.8g`` so 0.0003 and 1e-07 both read naturally.
     ``log_scale`` fields step multiplicatively (×10^0.1 per arrow press).
     """
 
@@ -130,13 +136,8 @@ class _FloatSpinBox(QDoubleSpinBox):
             target = round(target, 12)  # keep 0.1 + 0.2 from showing as 0.30000000000000004
         self.setValue(min(max(target, self._lo), self._hi))
 
-    def stepEnabled(self) -> QDoubleSpinBox.StepEnabledFlag:
-        flags = QDoubleSpinBox.StepEnabledFlag.StepNone
-        if self.value() < self._hi:
-            flags |= QDoubleSpinBox.StepEnabledFlag.StepUpEnabled
-        if self.value() > self._lo:
-            flags |= QDoubleSpinBox.StepEnabledFlag.StepDownEnabled
-        return flags
+    def stepEnabled(self) -> QAbstractSpinBox.StepEnabledFlag:
+        return _step_flags(self.value(), self._lo, self._hi)
 
 
 def _parses(text: str) -> bool:
@@ -380,4 +381,4 @@ class ParamForm(QWidget):
         if bool(editor.property(_INVALID_PROPERTY)) == invalid:
             return
         editor.setProperty(_INVALID_PROPERTY, invalid)
-        editor.setStyleSheet("border: 1px solid #d0312d;" if invalid else "")
+        editor.setStyleSheet(f"border: 1px solid {theme.ERROR_COLOR};" if invalid else "")

@@ -19,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 DEFAULT_MAX_POINTS = 1_000_000
-BASE_LEVEL = 3  # the first cached level: blocks of 8 points (finer levels are computed on demand)
-
+BASE_LEVEL = 3  # the first cached level: blocks of 2**BASE_LEVEL points (finer ones are computed on demand)
 
 
 class SeriesBuffer:

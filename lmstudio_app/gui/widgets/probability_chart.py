@@ -1,6 +1,6 @@
 """The next-token distribution: a ranked table, a bar chart and the controls that reshape it.
 
-The table holds the exact floats of :class:`~lmstudio_app.inference.predictor.Candidate` in
+The table holds the exact floats of :class:`~lmstudio_app.inference.distributions.Candidate` in
 ``Qt.UserRole`` (the text is only their rounding), so what a test or a person reads is what the
 core computed. The chart draws two bars per candidate: the softmax probability at the chosen
 temperature (wide) and, inside it, what sampling uses after top-k / top-p filtering (narrow).
@@ -32,12 +32,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lmstudio_app.inference.predictor import Candidate
+from lmstudio_app.inference.distributions import Candidate
 
 from .token_chips import visible_text
 
 _PROB_BRUSH = (90, 140, 230, 200)
 _SAMPLE_BRUSH = (240, 150, 50, 230)
+_PROB_BAR_WIDTH = 0.8  # in x units, one per candidate; a click within a bar picks its candidate
+_SAMPLE_BAR_WIDTH = 0.35  # the inner bar
 _MAX_LABEL_CHARS = 8
 
 
@@ -57,8 +59,10 @@ class ProbabilityChart(QWidget):
         self.plot.setLabel("left", "probability")
         self.plot.getAxis("left").enableAutoSIPrefix(False)  # 0.2, 0.4 rather than 200 x 0.001
         self.plot.setMinimumHeight(140)
-        self._prob_bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(*_PROB_BRUSH), pen=None)
-        self._sample_bars = pg.BarGraphItem(x=[], height=[], width=0.35, brush=pg.mkBrush(*_SAMPLE_BRUSH), pen=None)
+        self._prob_bars = pg.BarGraphItem(x=[], height=[], width=_PROB_BAR_WIDTH,
+                                          brush=pg.mkBrush(*_PROB_BRUSH), pen=None)
+        self._sample_bars = pg.BarGraphItem(x=[], height=[], width=_SAMPLE_BAR_WIDTH,
+                                            brush=pg.mkBrush(*_SAMPLE_BRUSH), pen=None)
         self.plot.addItem(self._prob_bars)
         self.plot.addItem(self._sample_bars)
         legend = self.plot.addLegend(offset=(-5, 5))
@@ -88,16 +92,13 @@ class ProbabilityChart(QWidget):
         """The drawn probability bars, in candidate order."""
         return list(self._prob_bars.opts.get("height", []))
 
-    def sample_heights(self) -> list[float]:
-        return list(self._sample_bars.opts.get("height", []))
-
     def _on_click(self, event: object) -> None:
         pos: QPointF = event.scenePos()  # type: ignore[attr-defined]
         if not self.plot.sceneBoundingRect().contains(pos):
             return
         x = self.plot.getPlotItem().vb.mapSceneToView(pos).x()
         index = round(x)
-        if 0 <= index < len(self._candidates) and abs(x - index) <= 0.4:
+        if 0 <= index < len(self._candidates) and abs(x - index) <= _PROB_BAR_WIDTH / 2:
             self.bar_clicked.emit(index)
 
 

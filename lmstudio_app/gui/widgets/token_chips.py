@@ -12,7 +12,17 @@ import math
 from collections.abc import Sequence
 
 from PySide6.QtCore import QEvent, QPoint, QRect, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QFontMetrics, QHelpEvent, QMouseEvent, QPainter, QPaintEvent, QPen
+from PySide6.QtGui import (
+    QColor,
+    QFont,
+    QFontMetrics,
+    QHelpEvent,
+    QMouseEvent,
+    QPainter,
+    QPaintEvent,
+    QPen,
+    QResizeEvent,
+)
 from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
 from lmstudio_app.tokenizer import Token
@@ -23,7 +33,7 @@ _VISIBLE_WHITESPACE = {" ": "·", "\n": "⏎", "\t": "→", "\r": "␍"}
 # as light tints in a light theme and as muted tints in a dark one, with the palette's text colour.
 _PASTELS = ("#7fb3ff", "#ffb36b", "#8fdc8f", "#e39bd9", "#f2d56b", "#7fd9d6")
 _CHIP_ALPHA = 90
-_MAX_CHIPS = 3000  # beyond this the strip ends with a "+N more" note; the text is still there
+_MAX_CHIPS = 3000  # beyond this the strip ends with a "… N more tokens" note; the text is still there
 
 
 def visible_text(text: str) -> str:
@@ -211,7 +221,7 @@ class TokenChips(QWidget):
     def minimumSizeHint(self) -> QSize:
         return QSize(60, QFontMetrics(self.font()).height() * 2 + 2 * self._GAP)
 
-    def resizeEvent(self, event: QEvent) -> None:
+    def resizeEvent(self, event: QResizeEvent) -> None:
         self._layout_width = -1
         super().resizeEvent(event)
 
