@@ -28,8 +28,10 @@ def run_worker(script: Path, args: Sequence[str], impl: str | None, timeout_s: f
     """Run ``script ARGS`` (ARGS start with ``--worker``) in a subprocess with its own
     LMSTUDIO_HOME, in that folder; return the JSON line it prints last."""
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONDONTWRITEBYTECODE="1")
-    if impl:
-        env["PYTHONPATH"] = os.pathsep.join([impl, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if impl:  # the copy's own built-in plugins too, when it has them (else the installed ones load)
+        plugins = Path(impl) / "plugins"
+        first = [impl, str(plugins)] if plugins.is_dir() else [impl]
+        env["PYTHONPATH"] = os.pathsep.join([*first, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     with tempfile.TemporaryDirectory(prefix="lmstudio-bench-") as home:
         env["LMSTUDIO_HOME"] = home
         done = subprocess.run([sys.executable, str(script), *args], check=False, env=env, cwd=home,

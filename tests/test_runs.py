@@ -131,7 +131,7 @@ def test_failed_create_leaves_no_half_made_run(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(runs, "atomic_write_text", disk_full)
+        patch.setattr("lmstudio_app.config.atomic_write_text", disk_full)  # config.toml is written first
         with pytest.raises(CheckpointError, match=r"run: cannot create the run folder \(No space left on device\)"):
             RunDir.create(tmp_path / "run", RunConfig())
     assert not (tmp_path / "run").exists()

@@ -107,10 +107,13 @@ def train_command(args: argparse.Namespace, registry: PluginRegistry) -> int:
         require_tensorboard()  # say what to install before any slow work
     device = (config or RunDir.open(args.resume).load_config()).train.device
     dist = init_from_env(resolve_device(device).type)  # None unless started by torchrun
+    finished = False
     try:
-        return _train(args, registry, config, dist)
+        code = _train(args, registry, config, dist)
+        finished = True
+        return code
     finally:
-        cleanup()
+        cleanup(finished)
 
 
 def _train(args: argparse.Namespace, registry: PluginRegistry, config: RunConfig | None,

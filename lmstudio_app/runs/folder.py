@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic_files import atomic_write_text
-from ..config import RunConfig, copy_config, load_config
+from ..config import RunConfig, copy_config, load_config, save_config
 from ..errors import CheckpointError
+from ..settings import default_runs_dir
 from ..tokenizer import Tokenizer
 
 CONFIG_FILE = "config.toml"
@@ -41,8 +42,6 @@ RESUMABLE_TRAIN_KEYS = (
 def new_run_path(base: str | Path | None = None, prefix: str = "run") -> Path:
     """A fresh folder name like ``<base>/run-20261129-201500`` (``-2``, ``-3``... if taken); not created."""
     if base is None:
-        from ..settings import default_runs_dir  # lazy: settings pulls in platformdirs and user files
-
         base = default_runs_dir()
     base = Path(base)
     stem = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -118,7 +117,7 @@ class RunDir:
         return load_config(self.config_path)
 
     def save_config(self, config: RunConfig) -> None:
-        atomic_write_text(self.config_path, config.to_toml())
+        save_config(config, self.config_path)
 
     def resume_config(self, requested: RunConfig | None = None) -> tuple[RunConfig, list[str]]:
         """The run's config with the :data:`RESUMABLE_TRAIN_KEYS` taken from ``requested``.

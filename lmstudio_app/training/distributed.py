@@ -204,9 +204,17 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def cleanup() -> None:
-    """Leave the process group (at the end of a command, also after an error)."""
+def cleanup(finished: bool = False) -> None:
+    """Leave the process group (at the end of a command, also after an error).
+
+    ``finished``: every rank got to the end, so they first wait for each other. A rank that tore
+    its group down while another was still finishing its last write could abort at exit
+    ("terminate called without an active exception", seen with Gloo on a loaded 2-core machine).
+    After an error there is no waiting: another rank may be gone.
+    """
     if is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
