@@ -27,6 +27,7 @@ from ..data.corpus import BatchSampler, TokenizedCorpus, iter_text_chunks, token
 from ..data.files import FileInfo, load_corpus_text
 from ..devices import autocast_dtype, resolve_device, training_threads
 from ..errors import CheckpointError, ConfigError, DataError, LMStudioError, PluginCallError
+from ..inference.predictor import EmptyPromptError, Predictor
 from ..params import params_to_dict
 from ..registry import plugin_call
 from ..resources import demo_corpus_path
@@ -38,7 +39,6 @@ from .distributed import DistInfo
 from .optimizers import build_optimizers
 
 if TYPE_CHECKING:
-    from ..inference.predictor import Predictor
     from ..registry import PluginRegistry
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -326,7 +326,6 @@ def mean_loss(model: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], tor
 
 def sample_text(predictor: Predictor, count: int, seed: int, fallback_prompt: str, owner: str) -> str:
     """A generated continuation from a fresh line, or from ``fallback_prompt`` without a newline token."""
-    from ..inference.predictor import EmptyPromptError  # lazy: inference imports the run/checkpoint modules
 
     with plugin_call(owner, "generating a sample"):
         try:

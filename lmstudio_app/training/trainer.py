@@ -27,6 +27,7 @@ from ..config import RunConfig
 from ..data.corpus import TokenizedCorpus
 from ..devices import synchronize
 from ..errors import CheckpointError, LMStudioError, ParamError, PluginCallError
+from ..inference.predictor import Predictor
 from ..tokenizer import Tokenizer
 from . import distributed, faults
 from . import preparation as setup
@@ -36,7 +37,6 @@ from .optimizers import lr_at, lr_scale, set_learning_rate
 from .preparation import ProgressCallback
 
 if TYPE_CHECKING:
-    from ..inference.predictor import Predictor
     from ..registry import PluginRegistry
 
 
@@ -412,6 +412,4 @@ class Trainer:
 
     def predictor(self) -> Predictor:
         """Predictions from the live model, safe while training runs (they share :attr:`lock`)."""
-        from ..inference.predictor import Predictor  # lazy: inference imports the run/checkpoint modules
-
         return Predictor(self.model, self.tokenizer, lock=self.lock, owner=self._model_owner)
