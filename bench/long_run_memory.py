@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from lmstudio_app.config import RunConfig, config_from_dict
-from lmstudio_app.data.demo_grammar import generate_demo_corpus
 from lmstudio_app.gui.widgets.loss_plot import SeriesBuffer
 from lmstudio_app.registry import PluginRegistry
 from lmstudio_app.training.trainer import Trainer
+from lmstudio_builtins.demo_grammar import generate_demo_corpus
 
 MB = 1 << 20
 PROCESS = psutil.Process()

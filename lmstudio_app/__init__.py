@@ -5,8 +5,8 @@ The package root holds the Qt-free core; ``lmstudio_app.gui`` is the desktop app
 
 from .hookspecs import hookimpl
 from .params import param
-from .specs import CorpusReaderSpec, ModelSpec, TokenizerSpec
+from .specs import CorpusReaderSpec, ModelSpec, TokenizerSpec, TruthSpec
 
 __version__ = "0.1.0"
 
-__all__ = ["hookimpl", "param", "TokenizerSpec", "ModelSpec", "CorpusReaderSpec", "__version__"]
+__all__ = ["hookimpl", "param", "TokenizerSpec", "ModelSpec", "CorpusReaderSpec", "TruthSpec", "__version__"]

@@ -1,7 +1,8 @@
 """Run configuration: dataclasses that round-trip through ``config.toml``.
 
-A config has four sections: ``[data]``, ``[tokenizer]`` (``plugin`` + that plugin's params),
-``[model]`` (``plugin`` + params) and ``[train]``. Unknown keys and out-of-range values are
+A config has five sections: ``[data]``, ``[tokenizer]`` (``plugin`` + that plugin's params),
+``[model]`` (``plugin`` + params), ``[train]`` and ``[watch]`` (the prompts whose predictions a
+run records as it learns). Unknown keys and out-of-range values are
 errors that name the key. Plugin params are validated against the plugin's params dataclass
 (see :func:`validate_plugins`), the same dataclass the GUI builds its forms from.
 """
@@ -70,6 +71,21 @@ class TrainConfig:
 
 
 @dataclass
+class WatchConfig:
+    prompts: list[str] = param([], help="Prompts whose next-token predictions are recorded at each evaluation; "
+                                        "empty = chosen when the run starts (a synthetic corpus's own prompts, "
+                                        "else a few from the validation text)")
+    targets: list[str] = param([], help="The text that really follows each prompt ('' where unknown), "
+                                        "for the true token's probability and rank")
+    top_k: int = param(5, min=1, max=100, help="Next-token candidates recorded per prompt")
+
+    def validate(self) -> None:
+        if self.targets and len(self.targets) != len(self.prompts):
+            raise ValueError(f"targets: {len(self.targets)} given for {len(self.prompts)} prompts; "
+                             "give one per prompt ('' where unknown) or none")
+
+
+@dataclass
 class PluginChoice:
     """Which plugin to use and its params (validated later against the plugin's dataclass)."""
 
@@ -91,6 +107,7 @@ class RunConfig:
     tokenizer: PluginChoice = field(default_factory=_default_tokenizer)
     model: PluginChoice = field(default_factory=_default_model)
     train: TrainConfig = field(default_factory=TrainConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,13 +115,14 @@ class RunConfig:
             "tokenizer": {"plugin": self.tokenizer.plugin, **self.tokenizer.params},
             "model": {"plugin": self.model.plugin, **self.model.params},
             "train": params_to_dict(self.train),
+            "watch": params_to_dict(self.watch),
         }
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
 
 
-SECTIONS = ("data", "tokenizer", "model", "train")
+SECTIONS = ("data", "tokenizer", "model", "train", "watch")
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "config") -> RunConfig:
@@ -115,6 +133,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "config") -> RunConfi
     try:
         data = build_params(DataConfig, raw.get("data", {}), "data")
         train = build_params(TrainConfig, raw.get("train", {}), "train")
+        watch = build_params(WatchConfig, raw.get("watch", {}), "watch")
     except ParamError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     choices = {}
@@ -124,7 +143,7 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "config") -> RunConfi
         if not isinstance(plugin, str) or not plugin:
             raise ConfigError(f"{source}: {section}.plugin must be a plugin name")
         choices[section] = PluginChoice(plugin, body)
-    return RunConfig(data=data, tokenizer=choices["tokenizer"], model=choices["model"], train=train)
+    return RunConfig(data=data, tokenizer=choices["tokenizer"], model=choices["model"], train=train, watch=watch)
 
 
 def parse_override(text: str) -> tuple[str, str, str]:

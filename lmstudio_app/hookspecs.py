@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pluggy
 
-from .specs import CorpusReaderSpec, ModelSpec, TokenizerSpec
+from .specs import CorpusReaderSpec, ModelSpec, TokenizerSpec, TruthSpec
 
 PROJECT = "lmstudio"
 
@@ -30,3 +30,8 @@ def lmstudio_models() -> list[ModelSpec]:
 @hookspec
 def lmstudio_corpus_readers() -> list[CorpusReaderSpec]:
     """Readers that turn files of other formats (by extension) into training text."""
+
+
+@hookspec
+def lmstudio_truths() -> list[TruthSpec]:
+    """Exact generating distributions of synthetic corpora, to compare a model's predictions with."""

@@ -1,4 +1,4 @@
-"""Plugin discovery and the registry of tokenizers, models and corpus readers.
+"""Plugin discovery and the registry of tokenizers, models, corpus readers and truths.
 
 Plugins come from three places, loaded in this order (the first to provide a name wins):
 
@@ -16,7 +16,7 @@ Strict mode (``LMSTUDIO_STRICT_PLUGINS=1``) re-raises the first failure instead,
 Calling a plugin's code later (building a tokenizer or a model, a forward pass) goes through
 :func:`plugin_call`, so an exception from it names the plugin instead of escaping as a traceback;
 :meth:`PluginRegistry.build_tokenizer` and :meth:`PluginRegistry.build_model` also check what the
-factory returned.
+factory returned, and :meth:`PluginRegistry.truth_for` what each ``recognises`` answered.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import pluggy
 from . import hookspecs
 from .errors import ConfigError, LMStudioError, PluginCallError
 from .settings import user_plugin_dir
-from .specs import CorpusReaderSpec, ModelSpec, PluginError, PluginInfo, TokenizerSpec
+from .specs import CorpusReaderSpec, ModelSpec, PluginError, PluginInfo, TokenizerSpec, TruthSpec
 from .tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -58,12 +58,16 @@ _HOOKS: tuple[tuple[str, str, str, type], ...] = (
     ("lmstudio_tokenizers", "tokenizers", "tokenizer", TokenizerSpec),
     ("lmstudio_models", "models", "model", ModelSpec),
     ("lmstudio_corpus_readers", "corpus_readers", "corpus reader", CorpusReaderSpec),
+    ("lmstudio_truths", "truths", "truth", TruthSpec),
 )
+# Kinds every PluginInfo.provides lists (empty or not); the others appear once a plugin has one.
+_LISTED_KINDS = ("tokenizers", "models", "corpus_readers")
 _KIND_ALIASES = {
     "tokenizer": "tokenizers",
     "model": "models",
     "reader": "corpus_readers",
     "corpus_reader": "corpus_readers",
+    "truth": "truths",
 }
 _LABELS = {kind: label for _, kind, label, _ in _HOOKS}
 
@@ -133,7 +137,7 @@ def _hook_location(function: Callable[..., Any]) -> str:
 
 
 def _new_info(name: str, version: str, source: str, location: str) -> PluginInfo:
-    return PluginInfo(name, version, source, location, provides={kind: [] for _, kind, _, _ in _HOOKS})
+    return PluginInfo(name, version, source, location, provides={kind: [] for kind in _LISTED_KINDS})
 
 
 def _describe_owner(info: PluginInfo) -> str:
@@ -187,8 +191,34 @@ def _import_folder_plugin(entry: Path, info: PluginInfo) -> ModuleType:
     return module
 
 
+def _spec_problem(hook_name: str, item: Any, spec_type: type) -> str | None:
+    """What is wrong with one item of a hook's list (None: it is a usable ``spec_type``)."""
+    if not isinstance(item, spec_type):
+        return f"{hook_name}() returned {item!r:.80} in its list, expected {spec_type.__name__}"
+    if not isinstance(item.name, str) or not item.name.strip():
+        return f"{hook_name}() returned a {spec_type.__name__} with an empty name"
+    if spec_type in (TokenizerSpec, ModelSpec) and not dataclasses.is_dataclass(item.params):
+        return f"{item.name!r}: params must be a dataclass of param() fields, got {item.params!r}"
+    factories = {CorpusReaderSpec: ("read",), TruthSpec: ("documents", "recognises")}
+    for attribute in factories.get(spec_type, ("build",)):
+        if not callable(getattr(item, attribute)):
+            return f"{item.name!r}: its {attribute} is not callable"
+    if spec_type is CorpusReaderSpec and (
+        not isinstance(item.extensions, (tuple, list))
+        or not all(isinstance(e, str) and e for e in item.extensions)
+    ):
+        return f"{item.name!r}: extensions must be a tuple of strings like ('.md',)"
+    if spec_type is TruthSpec and (
+        isinstance(item.prompts, str)
+        or not isinstance(item.prompts, Sequence)
+        or not all(isinstance(p, str) for p in item.prompts)
+    ):
+        return f"{item.name!r}: prompts must be a sequence of strings like ('the cat',)"
+    return None
+
+
 class PluginRegistry:
-    """Every loaded plugin and the tokenizers, models and corpus readers they provide."""
+    """Every loaded plugin and the tokenizers, models, corpus readers and truths they provide."""
 
     def __init__(self, *, strict: bool = False) -> None:
         self.plugins: list[PluginInfo] = []  # loaded or failed, enabled or disabled
@@ -336,23 +366,11 @@ class PluginRegistry:
             return []
         valid = []
         for item in result:
-            if not isinstance(item, spec_type):
-                problem = f"{hook_name}() returned {item!r:.80} in its list, expected {spec_type.__name__}"
-            elif not isinstance(item.name, str) or not item.name.strip():
-                problem = f"{hook_name}() returned a {spec_type.__name__} with an empty name"
-            elif spec_type is not CorpusReaderSpec and not dataclasses.is_dataclass(item.params):
-                problem = f"{item.name!r}: params must be a dataclass of param() fields, got {item.params!r}"
-            elif not callable(item.read if spec_type is CorpusReaderSpec else item.build):
-                problem = f"{item.name!r}: its {'read' if spec_type is CorpusReaderSpec else 'build'} is not callable"
-            elif spec_type is CorpusReaderSpec and (
-                not isinstance(item.extensions, (tuple, list))
-                or not all(isinstance(e, str) and e for e in item.extensions)
-            ):
-                problem = f"{item.name!r}: extensions must be a tuple of strings like ('.md',)"
-            else:
+            problem = _spec_problem(hook_name, item, spec_type)
+            if problem is None:
                 valid.append(item)
-                continue
-            self._record(info, TypeError(problem), where)
+            else:
+                self._record(info, TypeError(problem), where)
         return valid
 
     def _store(self, info: PluginInfo, kind: str, label: str, spec: Any, where: str) -> None:
@@ -363,7 +381,7 @@ class PluginRegistry:
             return
         self._specs[kind][spec.name] = spec
         self._owners[kind][spec.name] = info
-        info.provides[kind].append(spec.name)
+        info.provides.setdefault(kind, []).append(spec.name)
         if kind != "corpus_readers":
             return
         for raw in spec.extensions:
@@ -403,6 +421,9 @@ class PluginRegistry:
     def corpus_readers(self) -> dict[str, CorpusReaderSpec]:
         return dict(self._specs["corpus_readers"])
 
+    def truths(self) -> dict[str, TruthSpec]:
+        return dict(self._specs["truths"])
+
     def tokenizer(self, name: str) -> TokenizerSpec:
         """The tokenizer spec called ``name``; ConfigError naming the available ones otherwise."""
         return self._lookup("tokenizers", name)
@@ -417,9 +438,8 @@ class PluginRegistry:
             return specs[name]
         label = _LABELS[kind]
         available = ", ".join(sorted(specs)) or "none"
-        raise ConfigError(
-            f"{label.replace(' ', '_')}.plugin: unknown {label} {name!r} (available: {available})"
-        )
+        where = "" if kind == "truths" else f"{label.replace(' ', '_')}.plugin: "  # no config key
+        raise ConfigError(f"{where}unknown {label} {name!r} (available: {available})")
 
     def reader_for(self, path: str | Path) -> CorpusReaderSpec | None:
         """The reader for a file, by its (lower-case) extension; the longest match wins (.tar.gz)."""
@@ -432,15 +452,32 @@ class PluginRegistry:
     def readers_by_extension(self) -> dict[str, Callable[[Path], str]]:
         return {ext: spec.read for ext, spec in self._extensions.items()}
 
+    def truth_for(self, text: str) -> TruthSpec | None:
+        """The truth whose ``recognises`` says it generated the corpus ``text``, or None.
+
+        The truths are asked in the order they were loaded (the built-ins first) and the first
+        to answer True wins. An exception from a plugin's ``recognises``, or an answer that is
+        not a bool, raises :class:`PluginCallError` naming the plugin.
+        """
+        for name, spec in self._specs["truths"].items():
+            with plugin_call(self.owner("truths", name), f"asking truth {name!r} whether it made the corpus"):
+                answer = spec.recognises(text)
+                if not isinstance(answer, bool):
+                    raise TypeError(f"recognises() returned {type(answer).__name__}, not a bool")
+            if answer:
+                return spec
+        return None
+
     def owner(self, kind: str, name: str) -> str:
         """The plugin that provides ``name`` (for error messages).
 
-        ``kind`` is ``"tokenizers"``, ``"models"`` or ``"corpus_readers"``, as in :meth:`tokenizers`,
-        :meth:`models` and :meth:`corpus_readers`; the singular spellings are accepted too.
+        ``kind`` is ``"tokenizers"``, ``"models"``, ``"corpus_readers"`` or ``"truths"``, as in
+        :meth:`tokenizers`, :meth:`models`, :meth:`corpus_readers` and :meth:`truths`; the singular
+        spellings are accepted too.
         """
         key = _KIND_ALIASES.get(kind, kind)
         if key not in self._owners:
-            raise ValueError(f"unknown kind {kind!r} (use tokenizers, models or corpus_readers)")
+            raise ValueError(f"unknown kind {kind!r} (use tokenizers, models or corpus_readers, or truths)")
         info = self._owners[key].get(name)
         if info is None:
             self._lookup(key, name)  # raises the ConfigError listing what is available

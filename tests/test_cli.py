@@ -17,8 +17,8 @@ import torch
 
 from lmstudio_app import launcher
 from lmstudio_app.cli import commands as cli
-from lmstudio_app.data.demo_grammar import generate_demo_corpus
 from lmstudio_app.runs.folder import RunDir
+from lmstudio_builtins.demo_grammar import generate_demo_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = """\
@@ -124,9 +124,21 @@ def test_eval_prints_json(trained_run, capsys):
     code, out, err = run_cli(["eval", str(trained_run), "--batches", "3"], capsys)
     assert code == 0, err
     result = json.loads(out)
-    assert set(result) == {"val_loss", "step", "batches"}
+    assert set(result) == {"val_loss", "step", "batches", "truth", "entropy_floor", "kl_to_truth"}
     assert result["step"] == 20 and result["batches"] == 3
     assert 0 < result["val_loss"] < 10
+    # The run's text comes from the demo grammar: its exact odds say how far the model is from them.
+    from lmstudio_app.inference.predictor import load_predictor
+    from lmstudio_app.inference.truth import token_truth
+    from lmstudio_app.registry import PluginRegistry
+
+    registry = PluginRegistry.discover(use_user_dir=False)
+    predictor = load_predictor(trained_run, registry, "cpu")
+    truth = token_truth(registry.truths()["demo"], predictor.tokenizer)
+    kls = [truth.kl(truth.next_token(p), predictor.next_token(p).probs) for p in truth.spec.prompts]
+    assert result["truth"] == "demo" and result["kl_to_truth"] == pytest.approx(sum(kls) / len(kls))
+    assert result["entropy_floor"] == pytest.approx(truth.entropy_rate())
+    assert 0 < result["entropy_floor"] < result["val_loss"]  # no model gets below the grammar's entropy
     assert [r["step"] for r in RunDir.open(trained_run).read_metrics()][-1] == 20  # nothing rewritten
 
 

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
 import torch
 
-from lmstudio_app.data.demo_grammar import (
+from lmstudio_app.errors import ParamError
+from lmstudio_app.resources import demo_corpus_path
+from lmstudio_builtins.demo_grammar import (
     DEMO_PROMPTS,
     all_sentences,
+    bundled_corpus_path,
     generate_demo_corpus,
     true_next_word_distribution,
     vocabulary,
     write_demo_corpus,
 )
-from lmstudio_app.errors import ParamError
-from lmstudio_app.resources import demo_corpus_path
 
 # chi-square critical values at p = 0.001 by degrees of freedom
 CHI2_CRITICAL = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52}
@@ -80,9 +83,21 @@ def test_bundled_corpus_is_the_generator_output(tmp_path):
     assert 200_000 <= len(text.encode("utf-8")) <= 600_000
     written = write_demo_corpus(tmp_path / "demo.txt")
     assert written.read_bytes() == demo_corpus_path().read_bytes()
+    assert bundled_corpus_path() == demo_corpus_path()  # what `python -m ...demo_grammar` rewrites
     assert generate_demo_corpus(50, seed=1) != generate_demo_corpus(50, seed=2)
     words = set(text.split())
     assert words == set(vocabulary()) and 20 <= len(words) <= 60
+
+
+def test_the_module_rewrites_the_corpus_from_the_command_line(tmp_path):
+    target = tmp_path / "demo_corpus.txt"
+    done = subprocess.run(
+        [sys.executable, "-m", "lmstudio_builtins.demo_grammar", str(target)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert str(target) in done.stdout
+    assert target.read_bytes() == demo_corpus_path().read_bytes()
 
 
 # --- the model learns the true distributions --------------------------------------------------

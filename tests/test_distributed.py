@@ -25,13 +25,13 @@ from lmstudio_app.cli import commands as cli
 from lmstudio_app.cli.commands import resolve_data_files
 from lmstudio_app.config import TrainConfig, load_config
 from lmstudio_app.data.corpus import BatchSampler
-from lmstudio_app.data.demo_grammar import generate_demo_corpus
 from lmstudio_app.errors import ConfigError, ParamError
 from lmstudio_app.registry import PluginRegistry
 from lmstudio_app.runs.folder import RunDir
 from lmstudio_app.training import distributed
 from lmstudio_app.training.preparation import micro_batch_size
 from lmstudio_app.training.trainer import Trainer
+from lmstudio_builtins.demo_grammar import generate_demo_corpus
 
 RANKS = 2
 # Measured: max |2-rank - 1-process| = 4.8e-7 over 20 steps; the mistakes above give 7e-2 and 9e-2.

@@ -1,8 +1,9 @@
-"""docs/plugins.md stays true: every hook is documented and every example runs."""
+"""docs/plugins.md stays true: every hook is documented and every example (the truth plugin too) runs."""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ else:  # pragma: no cover
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 EXAMPLE_MARK = "# unigram_plugin.py"
+TRUTH_MARK = "# pets_truth.py"
 
 
 def guide_text() -> str:
@@ -151,3 +153,40 @@ def test_tokenizer_example_round_trips_lower_case_text(
     assert tokenizer.vocab_size == len(set("hello world\n")) + 1
     assert tokenizer.decode(tokenizer.encode("Hello\nworld")) == "hello\nworld"
     assert tokenizer.encode("?") == [tokenizer.unk_id]
+
+
+def test_truth_example_registers_recognises_its_corpus_and_gives_the_documented_odds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmstudio_app.inference.truth import TokenTruth
+    from lmstudio_builtins.tokenizing import TOKENIZER_SPECS
+
+    monkeypatch.delenv("LMSTUDIO_PLUGINS", raising=False)
+    folder = tmp_path / "my_plugins"
+    folder.mkdir()
+    (folder / "pets_truth.py").write_text(block_containing("python", TRUTH_MARK), encoding="utf-8")
+    registry = PluginRegistry.discover([folder], use_entry_points=False, use_user_dir=False, strict=True)
+    (info,) = registry.plugins
+    assert info.provides["truths"] == ["pets"]
+    spec = registry.truths()["pets"]
+    assert sum(p for p, _ in spec.documents()) == pytest.approx(1.0)
+
+    module = import_snippet(tmp_path / "pets_copy.py", block_containing("python", TRUTH_MARK), monkeypatch)
+    corpus = module.generate(500, seed=1)
+    assert registry.truth_for(corpus) is spec
+    assert registry.truth_for(corpus[:-3]) is spec  # a cut-off last line is ignored
+    assert registry.truth_for("big cat .\n" + corpus) is None  # not a sentence of the language
+    assert registry.truth_for("") is None
+
+    # what the guide says about "big": dog 0.5, horse 0.5 for words; a space for characters
+    word, char = ({s.name: s for s in TOKENIZER_SPECS}[name] for name in ("word", "char"))
+    words = word.build(build_params(word.params, {}), lambda: iter([corpus]), None)
+    chars = char.build(build_params(char.params, {}), lambda: iter([corpus]), None)
+    truth = TokenTruth(spec, words)
+    assert {words.token_string(i): p for i, p in truth.next_token("big").items()} == {" dog": 0.5, " horse": 0.5}
+    assert {chars.token_string(i): p for i, p in TokenTruth(spec, chars).next_token("big").items()} == {" ": 1.0}
+    for prompt in spec.prompts:
+        assert truth.next_token(prompt) is not None
+    # the lowest loss per token: the entropy of a sentence over its mean length in tokens (4 words)
+    entropy = -sum(p * math.log(p) for p, _ in spec.documents())
+    assert truth.entropy_rate() == pytest.approx(entropy / 4, rel=1e-12)

@@ -19,7 +19,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import CheckpointError, ConfigError, LMStudioError, ParamError
 from ..registry import PluginRegistry, user_plugin_dir
@@ -33,6 +33,10 @@ from .common import (
     print_error,
     resolve_data_files,
 )
+
+if TYPE_CHECKING:
+    from ..inference.predictor import Predictor
+    from ..inference.truth import TokenTruth
 
 # training, inference and checkpoints are imported inside the commands that use them: they pull
 # in torch, which would make `lmstudio --help` take seconds to start.
@@ -83,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, metavar="S", help="make the sample reproducible")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
 
+    timeline = sub.add_parser("timeline", help="how the watched prompts' predictions changed over training")
+    timeline.add_argument("run_dir", metavar="RUN_DIR")
+    timeline.add_argument("prompt", nargs="?", metavar="PROMPT", help="one of the run's watched prompts (default: all)")
+    timeline.add_argument("--json", action="store_true", help="print JSON: the prompts and their recorded steps")
+
     export = sub.add_parser("export", help="write a run's model for other tools (hf: a transformers folder)")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("out_dir", metavar="OUT_DIR", help="a new or empty folder")
@@ -127,8 +136,25 @@ def cmd_eval(args: argparse.Namespace, registry: PluginRegistry) -> int:
     if trainer.val_split != "val":
         print("note: too little held-out text; the loss is measured on training text", file=sys.stderr)
     val_loss = trainer.evaluate(batches=batches, split=trainer.val_split)
-    print(json.dumps({"val_loss": val_loss, "step": int(state["step"]), "batches": batches}))
+    result: dict[str, Any] = {"val_loss": val_loss, "step": int(state["step"]), "batches": batches}
+    if trainer.truth is not None:  # a synthetic corpus: how far from the truth, and the best loss possible
+        result.update(truth_report(trainer.truth, trainer.predictor()))
+    print(json.dumps(result))
     return 0
+
+
+def truth_report(truth: TokenTruth, predictor: Predictor) -> dict[str, Any]:
+    """``kl_to_truth``: mean KL(true ‖ model) over the truth's own prompts; ``entropy_floor``: the
+    lowest mean loss any model can reach on this corpus, in nats per token of its tokenizer."""
+    kls = []
+    for prompt in truth.spec.prompts:
+        true = truth.next_token(prompt)
+        if true is not None:
+            kls.append(truth.kl(true, predictor.next_token(prompt).probs))
+    report: dict[str, Any] = {"entropy_floor": truth.entropy_rate(), "truth": truth.spec.name}
+    if kls:
+        report["kl_to_truth"] = sum(kls) / len(kls)
+    return report
 
 
 def cmd_predict(args: argparse.Namespace, registry: PluginRegistry) -> int:
@@ -171,6 +197,40 @@ def cmd_generate(args: argparse.Namespace, registry: PluginRegistry) -> int:
     return 0
 
 
+# --- timeline ------------------------------------------------------------------------------
+
+def cmd_timeline(args: argparse.Namespace, registry: PluginRegistry) -> int:
+    """The watched prompts' recorded predictions, step by step; reads the run folder only."""
+    from ..runs.timeline import load_timeline
+
+    run = RunDir.open(args.run_dir)
+    timeline = load_timeline(run)
+    tokenizer = run.load_tokenizer()
+    indices = [timeline.index_of(args.prompt)] if args.prompt is not None else range(len(timeline.prompts))
+    shown = []
+    for index in indices:
+        steps = [{"step": step, **entry, "top": [{"id": i, "text": tokenizer.token_string(i), "prob": p}
+                                                  for i, p in entry.get("top", [])]}
+                 for step, entry in timeline.history(index)]
+        shown.append({"prompt": timeline.prompts[index], "target": timeline.targets[index], "steps": steps})
+    if args.json:
+        print(json.dumps({"run": str(run.path), "prompts": shown}, ensure_ascii=False))
+        return 0
+    for item in shown:
+        target = f" (followed by {item['target']!r} in the text)" if item["target"] else ""
+        print(f"{item['prompt']!r}{target}")
+        print(f"  {'step':>7}  {'entropy':>7}  {'KL':>6}  {'true p':>7}  top candidates")
+        for row in item["steps"]:
+            if "error" in row:
+                print(f"  {row['step']:>7}  {row['error']}")
+                continue
+            kl = f"{row['kl_to_truth']:6.3f}" if "kl_to_truth" in row else f"{'-':>6}"
+            true_p = f"{row['target_p']:7.2%}" if "target_p" in row else f"{'-':>7}"
+            top = "  ".join(f"{c['text']!r} {c['prob']:.0%}" for c in row["top"])
+            print(f"  {row['step']:>7}  {row.get('entropy', 0.0):7.3f}  {kl}  {true_p}  {top}")
+    return 0
+
+
 # --- export --------------------------------------------------------------------------------
 
 def cmd_export(args: argparse.Namespace, registry: PluginRegistry) -> int:
@@ -210,7 +270,7 @@ def cmd_plugins(args: argparse.Namespace, registry: PluginRegistry) -> int:
 # --- entry point -----------------------------------------------------------------------------
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
-            "generate": cmd_generate, "export": cmd_export, "plugins": cmd_plugins}
+            "generate": cmd_generate, "timeline": cmd_timeline, "export": cmd_export, "plugins": cmd_plugins}
 
 
 def main(argv: Sequence[str] | None = None, *, gui: Callable[[list[str]], int] | None = None) -> int:

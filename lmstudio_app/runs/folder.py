@@ -28,6 +28,7 @@ from ..tokenizer import Tokenizer
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
+TIMELINE_FILE = "timeline.jsonl"
 TOKENIZER_FILE = "tokenizer.json"
 CHECKPOINTS_DIR = "checkpoints"
 
@@ -53,6 +54,84 @@ def new_run_path(base: str | Path | None = None, prefix: str = "run") -> Path:
     return candidate
 
 
+class JsonLines:
+    """An append-only log of JSON objects, one per line, each with a ``step``.
+
+    A crash can tear only the last line: reading skips unparseable lines, and the first append
+    after opening starts on a fresh line. Rewrites (truncating, thinning) are atomic.
+    """
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what  # "metrics", "timeline": named in error messages
+        self._checked = False  # whether a torn last line was looked for before appending
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        if not self._checked:
+            if self._ends_without_newline():
+                line = "\n" + line
+            self._checked = True
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+        except OSError as exc:  # e.g. a full disk: stop with the file named, not a traceback
+            raise CheckpointError(f"{self.path}: cannot write {self.what} ({exc.strerror or exc})") from None
+
+    def _ends_without_newline(self) -> bool:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() == 0:
+                    return False
+                fh.seek(-1, os.SEEK_END)
+                return fh.read(1) != b"\n"
+        except FileNotFoundError:
+            return False
+
+    def read(self) -> list[dict[str, Any]]:
+        """All records in order; lines torn by a crash (unparseable) are skipped."""
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot read {self.what} ({exc.strerror or exc})") from None
+        records = []
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    def rewrite(self, records: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        try:
+            atomic_write_text(self.path, text)
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot rewrite {self.what} ({exc.strerror or exc})") from None
+        self._checked = True
+
+    def truncate(self, after_step: int) -> None:
+        """Drop the records of steps after ``after_step`` (a missing file stays missing)."""
+        if not self.path.exists():
+            return
+        self.rewrite([r for r in self.read() if _step(r) <= after_step])
+
+
+def _step(record: dict[str, Any]) -> int:
+    try:
+        return int(record.get("step", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 class RunDir:
     """One run folder. Create it with :meth:`create`, open an existing one with :meth:`open`."""
 
@@ -62,7 +141,9 @@ class RunDir:
         self.metrics_path = self.path / METRICS_FILE
         self.tokenizer_path = self.path / TOKENIZER_FILE
         self.checkpoints_dir = self.path / CHECKPOINTS_DIR
-        self._metrics_checked = False  # whether a torn last line was looked for before appending
+        self.metrics = JsonLines(self.metrics_path, "metrics")
+        self.timeline_path = self.path / TIMELINE_FILE
+        self.timeline = JsonLines(self.timeline_path, "timeline")  # the watched prompts' predictions
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -145,60 +226,17 @@ class RunDir:
     def load_tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.tokenizer_path)
 
-    # -- metrics ----------------------------------------------------------------------------
+    # -- metrics and the timeline (append-only JSON lines) -------------------------------------
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one record as a JSON line and flush it, so a viewer sees it at once."""
-        line = json.dumps(record, separators=(",", ":")) + "\n"
-        if not self._metrics_checked:
-            # A crash may have left a torn line without its newline; start on a fresh line.
-            if self._ends_without_newline():
-                line = "\n" + line
-            self._metrics_checked = True
-        try:
-            with open(self.metrics_path, "a", encoding="utf-8") as fh:
-                fh.write(line)
-                fh.flush()
-        except OSError as exc:  # e.g. a full disk: stop with the file named, not a traceback
-            raise CheckpointError(f"{self.metrics_path}: cannot write metrics ({exc.strerror or exc})") from None
-
-    def _ends_without_newline(self) -> bool:
-        try:
-            with open(self.metrics_path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                if fh.tell() == 0:
-                    return False
-                fh.seek(-1, os.SEEK_END)
-                return fh.read(1) != b"\n"
-        except FileNotFoundError:
-            return False
+        """Append one step's metrics and flush them, so a viewer sees them at once."""
+        self.metrics.append(record)
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """All records in order; lines torn by a crash (unparseable) are skipped."""
-        try:
-            text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise CheckpointError(f"{self.metrics_path}: cannot read metrics ({exc.strerror or exc})") from None
-        records = []
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
+        return self.metrics.read()
 
     def truncate_metrics(self, after_step: int) -> None:
-        """Drop records logged after ``after_step`` (a resumed run re-logs them exactly)."""
-        kept = [r for r in self.read_metrics() if int(r.get("step", 0)) <= after_step]
-        text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept)
-        try:
-            atomic_write_text(self.metrics_path, text)
-        except OSError as exc:
-            raise CheckpointError(f"{self.metrics_path}: cannot rewrite metrics ({exc.strerror or exc})") from None
-        self._metrics_checked = True
+        """Drop the metrics logged after ``after_step``, and the timeline's records with them (a
+        resumed run records them again, exactly)."""
+        self.metrics.truncate(after_step)
+        self.timeline.truncate(after_step)

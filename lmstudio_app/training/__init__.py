@@ -4,7 +4,8 @@ Holds: ``trainer`` (``Trainer``: the step loop with pause/resume/stop and a lock
 between steps), ``preparation`` (what a run needs before its first step: corpus, tokenizer,
 model, optimisers, samplers, resume), ``control`` (``TrainingControl`` flags, ``StepMetrics``),
 ``controller`` (``RunController``: one run on its own thread, its state as an enum),
-``optimizers`` (schedules, Muon), ``faults`` (out of memory, NaN), ``distributed`` (torchrun),
+``watch`` (the watched prompts' predictions, recorded at each evaluation), ``probe`` (a copy of
+the live weights to probe), ``optimizers`` (schedules, Muon), ``faults`` (out of memory, NaN), ``distributed`` (torchrun),
 ``model_preview`` (a model's size, memory and time per step before training it).
 
 May import: ``inference``, ``runs``, ``data``, ``config``, ``registry``, ``devices`` and the plugin

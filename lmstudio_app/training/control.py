@@ -52,6 +52,7 @@ class StepMetrics:
     sample: str | None = None  # generated text, on evaluation steps
     grad_norm: float | None = None  # before clipping, when train.grad_clip > 0
     warning: str | None = None  # e.g. torch.compile failed and training went on without it
+    kl_to_truth: float | None = None  # mean KL(true ‖ model) over the watched prompts (a synthetic corpus)
 
     def to_record(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

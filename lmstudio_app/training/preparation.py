@@ -26,8 +26,9 @@ from ..config import RunConfig, TrainConfig, copy_config, validate_plugins
 from ..data.corpus import BatchSampler, TokenizedCorpus, iter_text_chunks, tokenize_corpus
 from ..data.files import FileInfo, load_corpus_text
 from ..devices import autocast_dtype, resolve_device, training_threads
-from ..errors import CheckpointError, ConfigError, DataError, LMStudioError, PluginCallError
+from ..errors import CheckpointError, ConfigError, DataError, LMStudioError, PluginCallError, TokenizerError
 from ..inference.predictor import EmptyPromptError, Predictor
+from ..inference.truth import TokenTruth, token_truth
 from ..params import params_to_dict
 from ..registry import plugin_call
 from ..resources import demo_corpus_path
@@ -37,6 +38,7 @@ from ..tokenizer import Tokenizer
 from . import distributed, faults
 from .distributed import DistInfo
 from .optimizers import build_optimizers
+from .watch import choose_prompts
 
 if TYPE_CHECKING:
     from ..registry import PluginRegistry
@@ -83,6 +85,7 @@ class PreparedRun:
     val_split: str  # "train" when there is too little held-out text to validate on
     run_dir: RunDir | None
     resumed: bool = False
+    truth: TokenTruth | None = None  # the corpus's exact next-token odds, when a plugin knows them
 
 
 def prepare_run(
@@ -119,12 +122,31 @@ def prepare_run(
         torch.manual_seed(config.train.seed + dist.rank)  # same weights, but each rank its own dropout masks
     optimizers = build_optimizers(model, config.train, device)
     samplers, val_split = _make_samplers(config.train, corpus, int(model.context_length), device, dist)
+    truth = _truth(registry, tokenizer, corpus)
+    config.watch = choose_prompts(config.watch, tokenizer, corpus, int(model.context_length),
+                                  truth.spec.prompts if truth is not None else ())
     run_dir = _run_folder(config, tokenizer, resumed, run_path if write_run else None, dist)
     return PreparedRun(
         config=config, ignored_overrides=ignored, device=device, dtype=dtype, file_infos=file_infos,
         tokenizer=tokenizer, corpus=corpus, model=model, model_owner=registry.owner("models", config.model.plugin),
         optimizers=optimizers, samplers=samplers, val_split=val_split, run_dir=run_dir, resumed=resumed is not None,
+        truth=truth,
     )
+
+
+TRUTH_SAMPLE_TOKENS = 16_384  # of the training text, decoded for the truth plugins to recognise it
+
+
+def _truth(registry: PluginRegistry, tokenizer: Tokenizer, corpus: TokenizedCorpus) -> TokenTruth | None:
+    """The exact next-token odds of a synthetic corpus (the demo grammar's), if a plugin knows them."""
+    sample = tokenizer.decode(corpus.train[:TRUTH_SAMPLE_TOKENS].tolist())
+    spec = registry.truth_for(sample)
+    if spec is None:
+        return None
+    try:
+        return token_truth(spec, tokenizer, owner=registry.owner("truths", spec.name))
+    except TokenizerError:  # this tokenizer merges tokens across documents: no exact odds for it
+        return None
 
 
 def _open_resumed(run_path: Path | None, requested: RunConfig | None) -> tuple[RunDir, RunConfig, list[str]]:

@@ -35,6 +35,7 @@ from .control import StepMetrics, StepPlan, TrainingControl
 from .distributed import DistInfo
 from .optimizers import lr_at, lr_scale, set_learning_rate
 from .preparation import ProgressCallback
+from .watch import Watcher, prompts_of
 
 if TYPE_CHECKING:
     from ..registry import PluginRegistry
@@ -121,7 +122,11 @@ class Trainer:
         if cfg.compile:
             self._forward = self._compiled_forward()
         if prepared.resumed:
-            self._restore_latest()
+            self._restore_latest()  # also drops timeline records past the checkpoint
+        self.truth = prepared.truth
+        watched = self.run_dir.timeline if self.run_dir is not None and self._main else None
+        self.watcher = Watcher(prompts_of(self.config.watch), self.tokenizer, self.config.watch.top_k, self.truth,
+                               watched)
 
     def _compiled_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
         try:
@@ -272,6 +277,8 @@ class Trainer:
         self._stop_agreed = False
         self._active_since, self._paused_s = time.perf_counter(), 0.0
         try:
+            if self.step == 0:
+                self._watch()  # the untrained model's guesses: where the timeline starts
             while self.step < cfg.max_steps and not self._stop_before_step():
                 started = time.perf_counter()
                 with self.lock:
@@ -291,6 +298,7 @@ class Trainer:
                 if metrics is not None and plan.evaluate:
                     metrics.val_loss = self.last_val_loss = self._checked_val_loss()
                     metrics.sample = self._sample_text() if self._main and plan.sample else None
+                    metrics.kl_to_truth = self._watch()
                 if plan.checkpoint and self.run_dir is not None:
                     self.save_checkpoint()
                 if metrics is not None:
@@ -309,6 +317,15 @@ class Trainer:
             raise
         finally:
             self._elapsed_offset, self._active_since = self._elapsed(), None
+
+    def _watch(self) -> float | None:
+        """Record the watched prompts' predictions now (rank 0, if this evaluation is one to
+        record); the mean KL divergence from the truth, where the corpus has one."""
+        if not self._main or not self.watcher.prompts or not self.watcher.due(self.step):
+            return None
+        with self.lock:
+            record = self.watcher.record(self.step, self.predictor())
+        return record.get("kl_to_truth")
 
     def _stop_before_step(self) -> bool:
         """Whether to stop before the next step; while paused it waits here (not counted as training)."""

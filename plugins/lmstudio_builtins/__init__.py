@@ -1,4 +1,5 @@
-"""The built-in tokenizers, models and readers, registered like any third-party plugin.
+"""The built-in tokenizers, models, readers and the demo corpus's truth, registered like any
+third-party plugin.
 
 The core never imports this package by name: it is found through the ``lmstudio``
 entry-point group declared in ``pyproject.toml``.
@@ -7,7 +8,7 @@ entry-point group declared in ``pyproject.toml``.
 from __future__ import annotations
 
 from lmstudio_app import hookimpl
-from lmstudio_app.specs import CorpusReaderSpec, ModelSpec, TokenizerSpec
+from lmstudio_app.specs import CorpusReaderSpec, ModelSpec, TokenizerSpec, TruthSpec
 
 __version__ = "0.1.0"
 
@@ -32,3 +33,10 @@ def lmstudio_corpus_readers() -> list[CorpusReaderSpec]:
     from .readers import READER_SPECS
 
     return list(READER_SPECS)
+
+
+@hookimpl
+def lmstudio_truths() -> list[TruthSpec]:
+    from .demo_grammar import TRUTH_SPEC
+
+    return [TRUTH_SPEC]

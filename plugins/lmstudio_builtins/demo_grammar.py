@@ -7,19 +7,28 @@ default, and the tests (and the curious user) can compare what the model predict
 truth. Some distributions depend on a word several positions back ("sat on the" continues
 differently after "cat" and after "dog"), so a model has to use its context to get them right.
 
-``python -m lmstudio_app.data.demo_grammar`` rewrites ``resources/demo_corpus.txt`` deterministically.
+The grammar is finite, so :data:`TRUTH_SPEC` (the built-in ``"demo"`` truth) lists every
+document of the corpus's distribution with its probability; the core turns that into the exact
+next-token odds for any tokenizer (``lmstudio_app.inference.truth``).
+
+``python -m lmstudio_builtins.demo_grammar`` rewrites the repository's ``resources/demo_corpus.txt``
+deterministically (or the file given as its one argument).
+
+Uses only the public plugin API, like every built-in plugin module.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import sys
+import tempfile
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 
-from ..atomic_files import atomic_write_text
-from ..errors import ParamError
-from ..resources import demo_corpus_path
+from lmstudio_app.errors import ParamError
+from lmstudio_app.specs import TruthSpec
 
 # Nonterminal -> [(probability, symbols)]. Upper-case symbols are nonterminals; the rest are
 # words. Each sentence ends with "." (and "." appears nowhere else), then a newline.
@@ -69,6 +78,11 @@ DEMO_PROMPTS: list[str] = [
     "a bird flew over the",
     "the dog barked at the",
 ]
+
+# How much of a corpus text `recognises` reads: the complete lines of its first 64 KB, at most
+# this many of them. Enough to tell the demo from anything else; cheap on a corpus of gigabytes.
+RECOGNISE_SAMPLE_CHARS = 64 * 1024
+RECOGNISE_MAX_LINES = 1000
 
 
 def _is_nonterminal(symbol: str) -> bool:
@@ -138,6 +152,44 @@ def true_next_word_distribution(prompt: str) -> dict[str, float]:
     return {w: float(p / total) for w, p in ranked}
 
 
+# -- the truth hook ------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def documents() -> tuple[tuple[float, str], ...]:
+    """Every document of the corpus's distribution, ``"the cat sat on the mat .\\n"``, with its
+    probability: what the ``"demo"`` truth's ``documents`` returns."""
+    return tuple((float(p), " ".join(words) + END_OF_SENTENCE) for p, words in _exact_sentences())
+
+
+@lru_cache(maxsize=1)
+def _sentence_lines() -> frozenset[str]:
+    return frozenset(" ".join(words) for _, words in _exact_sentences())
+
+
+def recognises(text: str) -> bool:
+    """True when the complete lines at the start of ``text`` (those of its first 64 KB, at most
+    :data:`RECOGNISE_MAX_LINES`; a trailing partial line is ignored) are all demo sentences."""
+    sample = text[:RECOGNISE_SAMPLE_CHARS]
+    lines = sample.split(END_OF_SENTENCE)
+    lines.pop()  # after the last "\n": "" or a line cut off by the sample's end (or the text's)
+    lines = lines[:RECOGNISE_MAX_LINES]
+    known = _sentence_lines()
+    return bool(lines) and all(line in known for line in lines)
+
+
+TRUTH_SPEC = TruthSpec(
+    name="demo",
+    description="The demo grammar: every sentence of the bundled demo corpus and its exact odds",
+    documents=documents,
+    recognises=recognises,
+    prompts=tuple(DEMO_PROMPTS),
+)
+
+
+# -- the corpus ----------------------------------------------------------------------------
+
+
 def _sample(symbol: str, rng: random.Random, out: list[str]) -> None:
     if not _is_nonterminal(symbol):
         out.append(symbol)
@@ -167,14 +219,28 @@ def generate_demo_corpus(n_sentences: int = 20000, seed: int = 0) -> str:
     return "".join(sample_sentence(rng) + END_OF_SENTENCE for _ in range(n_sentences))
 
 
-def write_demo_corpus(path: Path | None = None, n_sentences: int = 20000, seed: int = 0) -> Path:
-    """Write the corpus (default ``resources/demo_corpus.txt``) atomically; return its path."""
-    target = Path(path) if path is not None else demo_corpus_path()
+def write_demo_corpus(path: str | Path, n_sentences: int = 20000, seed: int = 0) -> Path:
+    """Write the corpus to ``path`` (temp file, then rename: never half a file); return the path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     # Written as bytes: "\n" line ends on every platform, so the file is byte-identical.
-    atomic_write_text(target, generate_demo_corpus(n_sentences, seed))
+    data = generate_demo_corpus(n_sentences, seed).encode("utf-8")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return target
 
 
+def bundled_corpus_path() -> Path:
+    """``resources/demo_corpus.txt`` of the source checkout this module lives in."""
+    return Path(__file__).resolve().parents[2] / "resources" / "demo_corpus.txt"
+
+
 if __name__ == "__main__":
-    written = write_demo_corpus()
+    written = write_demo_corpus(sys.argv[1] if len(sys.argv) > 1 else bundled_corpus_path())
     print(f"wrote {written} ({written.stat().st_size:,} bytes)")
