@@ -22,14 +22,13 @@ from lmstudio_app.data.corpus import BatchSampler
 from lmstudio_app.errors import CheckpointError
 from lmstudio_app.runs import checkpoints
 from lmstudio_app.runs.checkpoints import (
-    capture_rng,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    restore_rng,
     save_checkpoint,
 )
 from lmstudio_app.runs.folder import RunDir
+from lmstudio_app.runs.rng_state import capture_rng, restore_rng
 
 VOCAB = 11
 
@@ -233,6 +232,7 @@ KILL_SCRIPT = textwrap.dedent(
     from lmstudio_app.runs import checkpoints
     from lmstudio_app.config import RunConfig
     from lmstudio_app.runs.folder import RunDir
+    from lmstudio_app.runs.rng_state import capture_rng
 
     run_path, moment = sys.argv[1], sys.argv[2]
     real_write, real_latest = checkpoints._write_file, checkpoints.atomic_write_text
@@ -259,7 +259,7 @@ KILL_SCRIPT = textwrap.dedent(
         model(torch.randn(2, 64)).sum().backward()
         opt.step()
         checkpoints.save_checkpoint(run, model=model, optimizers=[opt], step=step,
-                                    rng=checkpoints.capture_rng({}), keep=2)
+                                    rng=capture_rng({}), keep=2)
     print("never killed", flush=True)
     """
 )

@@ -90,7 +90,7 @@ def test_metrics_append_read_and_truncate(tmp_path):
     for step in (10, 20, 30, 40):
         run.append_metrics({"step": step, "train_loss": 1.0 / step})
     assert [r["step"] for r in run.read_metrics()] == [10, 20, 30, 40]
-    run.truncate_metrics(after_step=25)
+    run.truncate_history(after_step=25)
     assert [r["step"] for r in run.read_metrics()] == [10, 20]
     run.append_metrics({"step": 30, "train_loss": 0.5})
     assert [r["step"] for r in RunDir.open(run.path).read_metrics()] == [10, 20, 30]

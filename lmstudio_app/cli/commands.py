@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--temperature", type=float, default=1.0, metavar="T")
     predict.add_argument("--top-p", type=float, metavar="P", help="nucleus filter shown in the 'sampled' column")
     predict.add_argument("--json", action="store_true", help="print JSON: tokens and next-token candidates")
+    predict.add_argument("--step", type=int, metavar="N",
+                         help="the model as it was at step N (a snapshot or a kept checkpoint; default: the latest)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
 
     gen = sub.add_parser("generate", help="sample a continuation of PROMPT")
@@ -162,7 +164,7 @@ def cmd_predict(args: argparse.Namespace, registry: PluginRegistry) -> int:
 
     if args.top_k < 1:
         raise UsageError(f"predict: --top-k must be at least 1, got {args.top_k}")
-    predictor = load_predictor(args.run_dir, registry, args.device)
+    predictor = load_predictor(args.run_dir, registry, args.device, step=args.step)
     pred = predictor.next_token(args.text, temperature=args.temperature, top_p=args.top_p, k=args.top_k)
     if pred.unknown_chars:
         shown = ", ".join(repr(c) for c in pred.unknown_chars)

@@ -290,8 +290,9 @@ class Predictor:
 
 
 def load_predictor(
-    run_dir: str | Path, registry: PluginRegistry, device: str = "auto", checkpoint: str | Path | None = None
+    run_dir: str | Path, registry: PluginRegistry, device: str = "auto", checkpoint: str | Path | None = None,
+    step: int | None = None,
 ) -> Predictor:
-    """A :class:`Predictor` for a saved run."""
-    config, model, tokenizer = load_run(run_dir, registry, device, checkpoint)
+    """A :class:`Predictor` for a saved run (its latest checkpoint, or the weights kept at ``step``)."""
+    config, model, tokenizer = load_run(run_dir, registry, device, checkpoint, step)
     return Predictor(model, tokenizer, owner=registry.owner("models", config.model.plugin))

@@ -1,7 +1,8 @@
 """A run folder on disk and everything written into it or read back from it.
 
 Holds: ``folder`` (``RunDir``: config.toml, metrics.jsonl, timeline.jsonl, tokenizer.json,
-checkpoints/), ``timeline`` (the watched prompts' history read back),
+checkpoints/), ``timeline`` (the watched prompts' history read back), ``snapshots`` (the weights
+at log-spaced steps),
 ``checkpoints`` (safetensors + JSON, written atomically, never unpickled), ``rng_state`` (the
 random generators' state in a checkpoint), ``loading`` (rebuild a saved run's model),
 ``metrics_sinks`` (TensorBoard and CSV) and ``export_hf`` (a Hugging Face transformers folder).

@@ -30,10 +30,10 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.optim import Optimizer
 
-from ..atomic_files import atomic_write_text, fsync_dir
+from ..atomic_files import atomic_write_bytes, atomic_write_text, fsync_dir
 from ..errors import CheckpointError
 from .folder import RunDir
-from .rng_state import capture_rng, decode_rng, encode_rng, restore_rng  # noqa: F401 - re-exported
+from .rng_state import decode_rng, encode_rng
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -110,6 +110,27 @@ def _read_safetensors(path: Path, device: str) -> tuple[dict[str, torch.Tensor],
 
 def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(d) for d in t.shape) + ")"
+
+
+# -- weights alone (snapshots) ---------------------------------------------------------------
+
+
+def save_weights(path: Path, model: nn.Module) -> None:
+    """The model's weights alone as one safetensors file, written atomically (a snapshot)."""
+    tensors, aliases = _model_tensors(model)
+    atomic_write_bytes(Path(path), safetensors_bytes(tensors, {"aliases": json.dumps(aliases)}))
+
+
+def load_weights(path: Path, model: nn.Module, map_location: str | torch.device = "cpu") -> None:
+    """Load a weights file (a snapshot or a checkpoint's model file); the model is untouched unless
+    the whole file reads and matches it."""
+    path = Path(path)
+    tensors, metadata = _read_safetensors(path, str(map_location))
+    try:
+        aliases = json.loads(metadata.get("aliases", "{}"))
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: corrupted checkpoint file (bad aliases metadata)") from None
+    model.load_state_dict(_check_model_match(path, model, tensors, aliases), strict=True)
 
 
 # -- saving ---------------------------------------------------------------------------------

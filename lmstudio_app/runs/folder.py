@@ -235,7 +235,7 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         return self.metrics.read()
 
-    def truncate_metrics(self, after_step: int) -> None:
+    def truncate_history(self, after_step: int) -> None:
         """Drop the metrics logged after ``after_step``, and the timeline's records with them (a
         resumed run records them again, exactly)."""
         self.metrics.truncate(after_step)

@@ -16,6 +16,7 @@ from ..model_api import LanguageModel
 from ..tokenizer import Tokenizer
 from .checkpoints import latest_checkpoint, load_checkpoint, unusable_checkpoints_error
 from .folder import RunDir
+from .snapshots import load_snapshot
 
 if TYPE_CHECKING:
     from ..registry import PluginRegistry
@@ -26,13 +27,19 @@ def load_run(
     registry: PluginRegistry,
     device: str = "auto",
     checkpoint: str | Path | None = None,
+    step: int | None = None,
 ) -> tuple[RunConfig, LanguageModel, Tokenizer]:
-    """Rebuild a run's model from its folder (config + tokenizer + latest or given checkpoint)."""
+    """Rebuild a run's model from its folder: config + tokenizer + the weights of the latest or
+    given checkpoint, or of ``step`` (a snapshot, or a checkpoint still kept; see runs.snapshots)."""
     run = RunDir.open(run_dir)
     config = run.load_config()
     tokenizer = run.load_tokenizer()
     _, model_params = validate_plugins(config, registry)
     model = registry.build_model(config.model.plugin, model_params, tokenizer.vocab_size)
+    if step is not None:
+        load_snapshot(run, step, model)
+        model.to(resolve_device(device)).eval()
+        return config, model, tokenizer
     path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run)
     if path is None:
         raise unusable_checkpoints_error(run) or CheckpointError(f"{run_dir}: no checkpoint yet — train the model first")

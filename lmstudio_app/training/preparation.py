@@ -34,6 +34,8 @@ from ..registry import plugin_call
 from ..resources import demo_corpus_path
 from ..runs import checkpoints as ckpt
 from ..runs.folder import RunDir, new_run_path
+from ..runs.rng_state import capture_rng, restore_rng
+from ..runs.snapshots import drop_snapshots_after
 from ..tokenizer import Tokenizer
 from . import distributed, faults
 from .distributed import DistInfo
@@ -281,7 +283,7 @@ def save_state(run_dir: RunDir, model: nn.Module, optimizers: list[torch.optim.O
     if ranks is not None:
         extra = {**extra, "ranks": ranks}
     return ckpt.save_checkpoint(run_dir, model=model, optimizers=optimizers, step=step,
-                                rng=ckpt.capture_rng(samplers), extra=extra)
+                                rng=capture_rng(samplers), extra=extra)
 
 
 @dataclass
@@ -306,15 +308,17 @@ def restore_latest(run_dir: RunDir, model: nn.Module, optimizers: list[torch.opt
         if broken is not None:  # never silently restart a run whose checkpoints are damaged
             raise broken
         if main:
-            run_dir.truncate_metrics(0)
+            run_dir.truncate_history(0)
+            drop_snapshots_after(run_dir, -1)
         return None
     state = ckpt.load_checkpoint(path, model, optimizers, map_location="cpu")
     step = int(state["step"])
-    ckpt.restore_rng(state["rng"], samplers)  # rank 0's streams (all of them in a single process)
+    restore_rng(state["rng"], samplers)  # rank 0's streams (all of them in a single process)
     extra = state.get("extra", {})
     warning = distributed.restore_rank_streams(extra.get("ranks"), samplers, seed, step, device, dist)
     if main:
-        run_dir.truncate_metrics(step)
+        run_dir.truncate_history(step)
+        drop_snapshots_after(run_dir, step)
     return Restored(step=step, elapsed_s=float(extra.get("elapsed_s", 0.0)), val_loss=extra.get("val_loss"),
                     grad_scaler=extra.get("grad_scaler"), warning=warning)
 

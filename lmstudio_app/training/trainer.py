@@ -28,6 +28,7 @@ from ..data.corpus import TokenizedCorpus
 from ..devices import synchronize
 from ..errors import CheckpointError, LMStudioError, ParamError, PluginCallError
 from ..inference.predictor import Predictor
+from ..runs.snapshots import is_snapshot_step, save_snapshot
 from ..tokenizer import Tokenizer
 from . import distributed, faults
 from . import preparation as setup
@@ -278,6 +279,7 @@ class Trainer:
         self._active_since, self._paused_s = time.perf_counter(), 0.0
         try:
             if self.step == 0:
+                self._snapshot()
                 self._watch()  # the untrained model's guesses: where the timeline starts
             while self.step < cfg.max_steps and not self._stop_before_step():
                 started = time.perf_counter()
@@ -285,6 +287,7 @@ class Trainer:
                     loss, norm = self._optimisation_step()
                     self.step += 1
                 pending.append(loss)
+                self._snapshot()
                 plan = StepPlan.at(self.step, cfg)
                 window.steps += 1
                 if not plan.syncs:
@@ -317,6 +320,11 @@ class Trainer:
             raise
         finally:
             self._elapsed_offset, self._active_since = self._elapsed(), None
+
+    def _snapshot(self) -> None:
+        """Keep the weights at the log-spaced steps of :func:`~lmstudio_app.runs.snapshots.is_snapshot_step`."""
+        if self._main and self.run_dir is not None and is_snapshot_step(self.step):
+            save_snapshot(self.run_dir, self.step, self.model)
 
     def _watch(self) -> float | None:
         """Record the watched prompts' predictions now (rank 0, if this evaluation is one to
