@@ -23,12 +23,15 @@ from .config import RunConfig, copy_config, load_config, load_preset, merge_conf
 from .data.corpus import TokenizedCorpus, iter_text_chunks, tokenize_corpus
 from .data.files import FileInfo, load_corpus_text
 from .devices import resolve_device
-from .errors import Cancelled, ConfigError, ParamError
+from .errors import Cancelled, ConfigError, LMStudioError, ParamError
 from .inference.predictor import Predictor, load_predictor
+from .inference.truth import TokenTruth, token_truth
 from .params import build_params, params_to_dict
 from .registry import PluginRegistry
 from .resources import demo_corpus_path, list_presets, preset_path
 from .runs.folder import RunDir
+from .runs.snapshots import available_steps
+from .runs.timeline import Timeline, load_timeline
 from .settings import disabled_plugins
 from .tokenizer import Tokenizer
 from .training.controller import RunController
@@ -39,6 +42,8 @@ from .training.trainer import Trainer
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
+STEP_PREDICTORS_KEPT = 4  # models of earlier steps kept loaded (scrubbing back and forth)
+TRUTH_SAMPLE_CHARS = 1 << 16  # of the corpus text, for the truth plugins to recognise it
 DEFAULT_PROMPT = "the cat sat on the"  # the demo grammar's best-known sentence start
 DEFAULT_PRESET = "default"  # learns the demo corpus in about a minute on a laptop CPU
 FAST_CPU_PRESET = "fast-cpu"  # the fastest measured CPU recipe (bench/NOTES.md): the default on a CPU
@@ -74,6 +79,7 @@ class SessionEvents(SignalGroup):
     model_changed = Signal()  # the model to probe is another one (a new run, a loaded run)
     run_loaded = Signal(object)  # the Path of a run opened for probing (session.loaded_run)
     prompt_changed = Signal(str)  # the prompt the probing panels show
+    view_step_changed = Signal(object)  # session.view_step: the step whose weights are probed (None: live)
 
 
 class Session:
@@ -91,6 +97,9 @@ class Session:
         self.run = RunController()  # the training run: its state and events (run.events)
         self.config: RunConfig = copy_config(config) if config is not None else default_config()
         self.prompt = DEFAULT_PROMPT
+        self.view_step: int | None = None  # probe the weights kept at this step instead of the latest
+        self._step_predictors: dict[tuple[Path, int], Predictor] = {}  # a few, most recent last
+        self._truths: dict[int, TokenTruth | None] = {}  # per tokenizer (its id()), for idle sessions
         self.file_infos: list[FileInfo] = []
         self.text = ""
         self.using_demo = True
@@ -387,6 +396,7 @@ class Session:
         return trainer
 
     def _adopt_trainer(self, trainer: Trainer) -> None:
+        self.view_step = None  # another model: back to its live weights
         self.trainer = trainer
         self._probe = LiveProbe(trainer)
         self._loaded_predictor = None
@@ -405,6 +415,7 @@ class Session:
             self._probe = None
             self._loaded_predictor = predictor
             self.loaded_run = path
+            self.view_step = None
             self.config = config
             self._invalidate(tokenizer=True)
             self.tokenizer = predictor.tokenizer  # the run's own tokenizer, matching its model
@@ -420,10 +431,74 @@ class Session:
         or end of the run is first brought up to date (waiting for the current step, if any);
         without, the copy is used as it is (what a keystroke in the prompt wants).
         """
+        step, folder = self.view_step, self.run_folder()
+        if step is not None and folder is not None:
+            return self._predictor_at(folder.path, step)
         probe = self._probe
         if probe is not None:
             return probe.predictor(refresh=fresh)
         return self._loaded_predictor
+
+    # ---- the run's history: its kept weights, its timeline, the corpus's truth ---------------
+
+    def run_folder(self) -> RunDir | None:
+        """The folder of the run being probed: the live trainer's, else the loaded run's."""
+        if self.trainer is not None:
+            return self.trainer.run_dir
+        return RunDir(self.loaded_run) if self.loaded_run is not None else None
+
+    def viewable_steps(self) -> list[int]:
+        """The steps whose weights the run kept (snapshots and checkpoints): :meth:`set_view_step`'s choices."""
+        folder = self.run_folder()
+        return list(available_steps(folder)) if folder is not None and folder.path.is_dir() else []
+
+    def set_view_step(self, step: int | None) -> None:
+        """Probe the model as it was at ``step`` (one of :meth:`viewable_steps`); None: the latest."""
+        if step is not None and step not in self.viewable_steps():
+            shown = ", ".join(str(s) for s in self.viewable_steps()) or "none"
+            raise ConfigError(f"step {step}: no weights kept for it (kept: {shown})")
+        with self._lock:
+            if step == self.view_step:
+                return
+            self.view_step = step
+        self.events.view_step_changed.emit(step)
+
+    def _predictor_at(self, folder: Path, step: int) -> Predictor:
+        key = (folder, step)
+        predictor = self._step_predictors.pop(key, None)
+        if predictor is None:
+            predictor = load_predictor(folder, self.registry, "cpu", step=step)
+        self._step_predictors[key] = predictor  # most recent last
+        while len(self._step_predictors) > STEP_PREDICTORS_KEPT:
+            self._step_predictors.pop(next(iter(self._step_predictors)))
+        return predictor
+
+    def timeline(self) -> Timeline | None:
+        """What the run recorded of its watched prompts; None before any (or for an older run)."""
+        folder = self.run_folder()
+        if folder is None or not folder.path.is_dir():
+            return None
+        try:
+            return load_timeline(folder)
+        except LMStudioError:
+            return None
+
+    def truth(self) -> TokenTruth | None:
+        """The corpus's exact next-token odds in the current tokenizer's tokens (the demo grammar's),
+        if a plugin knows them: the live run's, else worked out from the text and the tokenizer."""
+        if self.trainer is not None:
+            return self.trainer.truth
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            return None
+        key = id(tokenizer)
+        if key not in self._truths:
+            spec = self.registry.truth_for(self.text[:TRUTH_SAMPLE_CHARS])
+            try:
+                self._truths = {key: token_truth(spec, tokenizer) if spec is not None else None}
+            except LMStudioError:  # e.g. a tokenizer that merges tokens across documents
+                self._truths = {key: None}
+        return self._truths[key]
 
     def has_model(self) -> bool:
         """Whether there is a model to probe (a live or loaded run), without touching it."""

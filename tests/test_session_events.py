@@ -214,3 +214,36 @@ def test_opening_a_run_announces_its_settings_and_model(session, tmp_path):
     assert {"tokenizer_changed", "model_config_changed", "train_config_changed"} <= set(events)
     assert events[-2:] == ["model_changed", "run_loaded"]
     assert other.loaded_run == Path(tmp_path / "run") and other.has_model()
+
+
+def test_probing_an_earlier_step_and_back_to_the_latest(session, tmp_path):
+    trainer = session.create_trainer(tmp_path / "run")
+    for _ in trainer.steps():
+        pass
+    assert {0, 10, 12} <= set(session.viewable_steps())  # snapshots at 0 and 10, checkpoints at 6 and 12
+    seen: list[object] = []
+    session.events.view_step_changed.connect(seen.append)
+    live = session.predictor().next_token("the cat").probs
+    session.set_view_step(0)
+    early = session.predictor().next_token("the cat").probs
+    session.set_view_step(None)
+    assert seen == [0, None] and session.predictor().next_token("the cat").probs == pytest.approx(live)
+    assert not torch.allclose(torch.tensor(early), torch.tensor(live))  # the untrained model
+    with pytest.raises(ConfigError, match="no weights kept"):
+        session.set_view_step(7)
+    timeline = session.timeline()
+    assert timeline is not None and [r["step"] for r in timeline.records] == [0, 6, 12]
+    session.set_view_step(10)
+    session.create_trainer(tmp_path / "run2")  # another run: back to its own latest weights
+    assert session.view_step is None
+
+
+def test_the_truth_of_the_demo_corpus_in_the_sessions_tokens(registry):
+    demo = Session(registry)  # the bundled demo corpus
+    assert demo.truth() is None  # no tokenizer yet
+    demo.build_tokenizer()
+    truth = demo.truth()
+    assert truth is not None and truth.spec.name == "demo"
+    odds = truth.next_token("the cat sat on the")
+    words = {demo.tokenizer.token_string(i).strip("·▁ Ġ"): p for i, p in odds.items()}
+    assert words == pytest.approx({"mat": 0.6, "floor": 0.25, "couch": 0.15})

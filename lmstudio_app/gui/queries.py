@@ -98,7 +98,8 @@ class PromptAnswer:
     tokens: list[Token] = field(default_factory=list)  # by the model's own tokenizer when there is one
     score: PromptScore | None = None  # None without a model, or on a problem
     problem: str | None = None  # shown inline: NO_MODEL_HINT, an empty prompt, a plugin's failure
-    model_step: int | None = None  # the training step of the probed weights (live runs)
+    model_step: int | None = None  # the training step of the probed weights (when known)
+    view_step: int | None = None  # set when the weights are those kept at an earlier step, not the latest
 
 
 class PromptScorer(QObject):
@@ -118,7 +119,7 @@ class PromptScorer(QObject):
         self._throttle = QTimer(self, singleShot=True)
         self._throttle.timeout.connect(self.refresh)
         events.prompt_changed.connect(lambda _text: self.refresh(fresh=False))
-        for signal in (events.model_changed, events.tokenizer_changed):
+        for signal in (events.model_changed, events.tokenizer_changed, events.view_step_changed):
             signal.connect(self.refresh)
         events.model_updated.connect(self._on_model_updated)  # also on pause and at the end of a run
         self.refresh()
@@ -130,20 +131,23 @@ class PromptScorer(QObject):
         """Score the prompt again; ``fresh``: on up-to-date weights (may wait for a training step)."""
         self._throttle.stop()
         self._last_refresh = time.monotonic()
-        session, text = self.session, self.session.prompt
+        session, text, view = self.session, self.session.prompt, self.session.view_step
 
         def job() -> PromptAnswer:
-            predictor = session.predictor(fresh=fresh)
+            try:
+                predictor = session.predictor(fresh=fresh)
+            except LMStudioError as exc:  # the weights of a kept step cannot be read
+                return PromptAnswer(text, problem=str(exc), view_step=view)
             if predictor is None:  # still show how the prompt tokenizes, if a tokenizer exists
                 tokenizer = session.tokenizer
                 tokens = tokenizer.encode_with_offsets(text) if tokenizer is not None else []
                 return PromptAnswer(text, tokens, problem=NO_MODEL_HINT)
-            step = session.probe_step
+            step = view if view is not None else session.probe_step
             try:
                 score = predictor.score(text)
             except LMStudioError as exc:  # an empty prompt, a plugin's failure: said inline
-                return PromptAnswer(text, predictor.tokens(text), problem=str(exc), model_step=step)
-            return PromptAnswer(text, score.tokens, score, model_step=step)
+                return PromptAnswer(text, predictor.tokens(text), problem=str(exc), model_step=step, view_step=view)
+            return PromptAnswer(text, score.tokens, score, model_step=step, view_step=view)
 
         self._query.request(job)
 
@@ -155,6 +159,6 @@ class PromptScorer(QObject):
             self._throttle.start(max(0, int(wait)))
 
     def _on_answer(self, answer: PromptAnswer) -> None:
-        if answer.text == self.session.prompt:  # else a newer prompt's answer is on its way
+        if answer.text == self.session.prompt and answer.view_step == self.session.view_step:  # else a newer one is on its way
             self.latest = answer
             self.scored.emit(answer)
