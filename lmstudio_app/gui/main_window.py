@@ -29,13 +29,14 @@ from .panels.data import DataPanel
 from .panels.model import ModelPanel
 from .panels.pipeline import PipelineView
 from .panels.predictions import PredictionsPanel
+from .panels.timeline import TimelinePanel
 from .panels.tokenizer import TokenizerPanel
 from .panels.training import TrainingPanel
 from .plugins_dialog import PluginsDialog, open_plugin_folder
 from .widgets.training_progress import STATUS_INTERVAL_MS
 from .worker import run_in_thread
 
-STATE_VERSION = 1  # bump when the set of docks changes, so an old saved layout is ignored
+STATE_VERSION = 2  # bump when the set of docks changes, so an old saved layout is ignored
 GEOMETRY_KEY, STATE_KEY = "window_geometry", "window_state"
 # (key, title, panel class, dock area, shortcut to toggle it)
 DOCKS: tuple[tuple[str, str, type, Qt.DockWidgetArea, str], ...] = (
@@ -45,6 +46,7 @@ DOCKS: tuple[tuple[str, str, type, Qt.DockWidgetArea, str], ...] = (
     ("training", "Training", TrainingPanel, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+4"),
     ("predictions", "Predictions", PredictionsPanel, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+5"),
     ("pipeline", "Pipeline", PipelineView, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+6"),
+    ("timeline", "Timeline", TimelinePanel, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+7"),
 )
 
 
@@ -75,6 +77,7 @@ class MainWindow(QMainWindow):
         self.docks["data"].raise_()
         self.splitDockWidget(self.docks["training"], self.docks["predictions"], Qt.Orientation.Vertical)
         self.tabifyDockWidget(self.docks["predictions"], self.docks["pipeline"])  # a laptop screen is short
+        self.tabifyDockWidget(self.docks["pipeline"], self.docks["timeline"])
         self.docks["predictions"].raise_()
         self.data_panel: DataPanel = self.panels["data"]  # type: ignore[assignment]
         self.training_panel: TrainingPanel = self.panels["training"]  # type: ignore[assignment]
