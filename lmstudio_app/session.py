@@ -17,9 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from psygnal import Signal, SignalGroup
 
 from .config import RunConfig, copy_config, load_config, load_preset, merge_config, validate_plugins
+from .data.continuations import ContinuationIndex, Continuations
 from .data.corpus import TokenizedCorpus, iter_text_chunks, tokenize_corpus
 from .data.files import FileInfo, load_corpus_text
 from .devices import resolve_device
@@ -42,6 +44,7 @@ from .training.trainer import Trainer
 ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
+CONTINUATION_CONTEXT = 8  # tokens of the prompt's end looked up in the training text, at the most
 STEP_PREDICTORS_KEPT = 4  # models of earlier steps kept loaded (scrubbing back and forth)
 TRUTH_SAMPLE_CHARS = 1 << 16  # of the corpus text, for the truth plugins to recognise it
 DEFAULT_PROMPT = "the cat sat on the"  # the demo grammar's best-known sentence start
@@ -80,6 +83,7 @@ class SessionEvents(SignalGroup):
     run_loaded = Signal(object)  # the Path of a run opened for probing (session.loaded_run)
     prompt_changed = Signal(str)  # the prompt the probing panels show
     view_step_changed = Signal(object)  # session.view_step: the step whose weights are probed (None: live)
+    continuations_ready = Signal()  # the index of what follows what in the training text is built
 
 
 class Session:
@@ -100,6 +104,7 @@ class Session:
         self.view_step: int | None = None  # probe the weights kept at this step instead of the latest
         self._step_predictors: dict[tuple[Path, int], Predictor] = {}  # a few, most recent last
         self._truths: dict[int, TokenTruth | None] = {}  # per tokenizer (its id()), for idle sessions
+        self._continuations: tuple[int, ContinuationIndex] | None = None  # (id() of its token array, index)
         self.file_infos: list[FileInfo] = []
         self.text = ""
         self.using_demo = True
@@ -482,6 +487,36 @@ class Session:
             return load_timeline(folder)
         except LMStudioError:
             return None
+
+    def _training_tokens(self) -> np.ndarray | None:
+        """The training token array the model learns from: the live run's, else the session's corpus."""
+        corpus = self.trainer.corpus if self.trainer is not None else self.corpus
+        return corpus.train if corpus is not None else None
+
+    def build_continuations(self, progress: ProgressCallback | None = None,
+                            cancel: CancelCheck | None = None) -> ContinuationIndex | None:
+        """Index what follows what in the training text (seconds for a large corpus: call it from a
+        worker thread); None when there is no tokenized corpus yet. Built once per token array."""
+        tokens = self._training_tokens()
+        if tokens is None:
+            return None
+        built = self._continuations
+        if built is not None and built[0] == id(tokens):
+            return built[1]
+        index = ContinuationIndex.build(tokens, progress=progress, cancel=cancel)
+        with self._lock:
+            self._continuations = (id(tokens), index)
+        self.events.continuations_ready.emit()
+        return index
+
+    def continuations(self, text: str, max_n: int = CONTINUATION_CONTEXT, top: int | None = None) -> Continuations | None:
+        """What followed the end of ``text`` in the training text (counts, not truth), by the
+        tokenizer of the model being probed; None until :meth:`build_continuations` has run."""
+        tokens, built = self._training_tokens(), self._continuations
+        tokenizer = self.trainer.tokenizer if self.trainer is not None else self.tokenizer
+        if tokens is None or built is None or built[0] != id(tokens) or tokenizer is None:
+            return None
+        return built[1].continuations(tokenizer.encode(text), max_n=max_n, top=top)
 
     def truth(self) -> TokenTruth | None:
         """The corpus's exact next-token odds in the current tokenizer's tokens (the demo grammar's),

@@ -247,3 +247,20 @@ def test_the_truth_of_the_demo_corpus_in_the_sessions_tokens(registry):
     odds = truth.next_token("the cat sat on the")
     words = {demo.tokenizer.token_string(i).strip("·▁ Ġ"): p for i, p in odds.items()}
     assert words == pytest.approx({"mat": 0.6, "floor": 0.25, "couch": 0.15})
+
+
+def test_what_followed_the_prompt_in_the_training_text(session):
+    assert session.continuations("the cat") is None  # nothing tokenized yet
+    corpus = session.tokenize()
+    seen: list[str] = []
+    session.events.continuations_ready.connect(lambda: seen.append("ready"))
+    assert session.build_continuations() is session.build_continuations()  # built once
+    assert seen == ["ready"]
+    found = session.continuations("the cat sat on the ")
+    ids = session.tokenizer.encode("the cat sat on the ")[-found.n:]
+    train = corpus.train.tolist()
+    brute: dict[int, int] = {}
+    for i in range(len(train) - found.n):
+        if train[i : i + found.n] == ids:
+            brute[train[i + found.n]] = brute.get(train[i + found.n], 0) + 1
+    assert found.n >= 1 and found.counts == brute and found.occurrences == sum(brute.values())

@@ -45,6 +45,7 @@ class AppEvents(QObject):
     run_loaded = Signal(object)  # Path
     prompt_changed = Signal(str)
     view_step_changed = Signal(object)  # int | None: the step whose kept weights are probed
+    continuations_ready = Signal()  # session.continuations() can answer
     # ---- the run's (see lmstudio_app.training.controller.RunEvents) ----
     run_state_changed = Signal(object)  # RunState
     training_started = Signal()  # session.trainer is the prepared run, before its first step
@@ -69,7 +70,7 @@ class AppEvents(QObject):
         core, run = session.events, session.run.events
         for name in ("corpus_changed", "tokenizer_changed", "corpus_tokenized", "data_config_changed",
                      "model_config_changed", "train_config_changed", "model_changed", "run_loaded",
-                     "prompt_changed", "view_step_changed"):
+                     "prompt_changed", "view_step_changed", "continuations_ready"):
             self._relay(getattr(core, name), getattr(self, name).emit)
         self._relay(run.state_changed, self.run_state_changed.emit)
         self._relay(run.started, lambda _trainer: self.training_started.emit())
