@@ -6,6 +6,11 @@ streams a continuation. The prompt is the session's (``session.set_prompt``); th
 :class:`~lmstudio_app.gui.queries.PromptScorer` scores it once per change, off the UI thread and on
 a copy of the live weights while training runs, and this panel and the pipeline view both show
 that one answer. Sampling settings re-read the answer's logits: moving a slider asks no model.
+
+When the corpus is synthetic (the demo grammar) and its exact odds are known
+(``session.truth()``), the truth sits beside the model: each candidate's true probability in the
+table ("true p") and in the chart (an outline per bar), and KL(true ‖ model) in the summary. A
+banner says when the weights probed are those kept at an earlier step, with a way back to live.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -31,6 +37,7 @@ from PySide6.QtWidgets import (
 from lmstudio_app.errors import LMStudioError
 from lmstudio_app.inference.distributions import NextTokenPrediction
 from lmstudio_app.inference.predictor import Predictor
+from lmstudio_app.inference.truth import TokenTruth
 from lmstudio_app.session import DEFAULT_PROMPT, Session
 
 from .. import theme
@@ -41,7 +48,18 @@ from ..widgets.probability_chart import CandidateTable, ProbabilityChart, Sampli
 from ..widgets.token_chips import TokenChips, probability_color
 from ..worker import run_in_thread
 
-__all__ = ["DEFAULT_PROMPT", "NO_MODEL_HINT", "PredictionsPanel"]
+__all__ = ["DEFAULT_PROMPT", "NO_MODEL_HINT", "PredictionsPanel", "truth_label"]
+
+
+def truth_label(truth: TokenTruth) -> str:
+    """How the chart's legend names a truth: "truth (demo grammar)" from its spec's description
+    ("The demo grammar: every sentence…"), else its name."""
+    head = (truth.spec.description or "").split(":", 1)[0].strip()
+    if head.lower().startswith("the "):
+        head = head[4:]
+    if not head or len(head) > 30:
+        head = truth.spec.name
+    return f"truth ({head})"
 
 
 class PredictionsPanel(QWidget):
@@ -57,12 +75,16 @@ class PredictionsPanel(QWidget):
         self.scores = events.prompt_scores
         self._answer: PromptAnswer | None = None
         self._prediction: NextTokenPrediction | None = None
+        self._truth: TokenTruth | None = None  # the corpus's exact odds, for the answer shown
+        self._true_next: dict[int, float] | None = None  # ... after its prompt (None: unknown)
+        self._kl: float | None = None  # KL(true ‖ shown prediction), nats
         self._generation_task: Any = None
         self._generated: list[str] = []
         self._generated_lock = threading.Lock()
         self._build_ui()
         self.scores.scored.connect(self._on_scored)
         events.prompt_changed.connect(self._on_session_prompt)
+        events.view_step_changed.connect(self._on_view_step_changed)
         if self.scores.latest is not None:
             self._on_scored(self.scores.latest)
 
@@ -79,6 +101,20 @@ class PredictionsPanel(QWidget):
         self.message_label.setWordWrap(True)
         self.summary_label = QLabel()
         self.summary_label.setWordWrap(True)
+        self.view_step_banner = QFrame()
+        self.view_step_banner.setObjectName("viewStepBanner")
+        self.view_step_banner.setFrameShape(QFrame.Shape.StyledPanel)
+        self.view_step_label = QLabel()
+        self.view_step_label.setObjectName("viewStepLabel")
+        self.back_to_live_button = QPushButton("Back to live")
+        self.back_to_live_button.setObjectName("backToLiveButton")
+        self.back_to_live_button.setToolTip("Probe the latest weights again")
+        self.back_to_live_button.clicked.connect(self.back_to_live)
+        banner = QHBoxLayout(self.view_step_banner)
+        banner.setContentsMargins(6, 2, 6, 2)
+        banner.addWidget(self.view_step_label, 1)
+        banner.addWidget(self.back_to_live_button)
+        self.view_step_banner.setVisible(False)
 
         self.sampling = SamplingControls()
         self.sampling.changed.connect(self._show_answer)  # re-reads the scored logits: no model asked
@@ -87,7 +123,8 @@ class PredictionsPanel(QWidget):
         self.table.candidate_clicked.connect(self.append_candidate)
         self.chart = ProbabilityChart()
         self.chart.bar_clicked.connect(self.append_candidate)
-        splitter = QSplitter(Qt.Orientation.Horizontal)
+        self._truth_column_shown = False  # the table was last widened for (or narrowed from) it
+        self.results_splitter = splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.table)
         splitter.addWidget(self.chart)
         splitter.setStretchFactor(0, 3)  # the table's numbers matter most; the chart gets the rest
@@ -118,6 +155,7 @@ class PredictionsPanel(QWidget):
         gen_layout.addWidget(self.output_edit)
 
         layout = QVBoxLayout(self)
+        layout.addWidget(self.view_step_banner)
         layout.addWidget(QLabel("Prompt"))
         layout.addWidget(self.prompt_edit)
         layout.addWidget(self.chips)
@@ -151,6 +189,25 @@ class PredictionsPanel(QWidget):
 
     def is_busy(self) -> bool:
         return self.scores.is_busy()
+
+    def true_next(self) -> dict[int, float] | None:
+        """The exact odds of the next token after the shown prompt (None without a truth)."""
+        return self._true_next
+
+    def kl_to_truth(self) -> float | None:
+        """KL(true ‖ the shown prediction) in nats, as the summary says (None without a truth)."""
+        return self._kl
+
+    def view_step_text(self) -> str:
+        """The banner's text ("" while the live weights are shown)."""
+        return self.view_step_label.text() if not self.view_step_banner.isHidden() else ""
+
+    def back_to_live(self) -> None:
+        """Probe the latest weights again (the banner's button)."""
+        try:
+            self.session.set_view_step(None)
+        except LMStudioError as exc:
+            self._show_message(str(exc))
 
     def refresh(self, *_args: Any) -> None:
         """Ask the model again about the prompt (the answer reaches every panel that shows it)."""
@@ -198,7 +255,42 @@ class PredictionsPanel(QWidget):
 
     def _on_scored(self, answer: PromptAnswer) -> None:
         self._answer = answer
+        self._truth, self._true_next = self._truth_after(answer)
+        self._show_view_step(answer.view_step)
         self._show_answer()
+
+    def _truth_after(self, answer: PromptAnswer) -> tuple[TokenTruth | None, dict[int, float] | None]:
+        """The corpus's truth and its exact next-token odds after the answer's prompt, if known
+        (cheap: the truth is built once per tokenizer, a lookup is one encode)."""
+        if answer.score is None:
+            return None, None
+        try:
+            truth = self.session.truth()
+            return (truth, truth.next_token(answer.text)) if truth is not None else (None, None)
+        except LMStudioError:  # a tokenizer the truth cannot use: show the model alone
+            return None, None
+
+    def _on_view_step_changed(self, step: int | None) -> None:
+        if step is None:  # back to live: say so at once, the fresh answer follows
+            self._show_view_step(None)
+
+    def _show_view_step(self, step: int | None) -> None:
+        if step is None:
+            self.view_step_banner.setVisible(False)
+            self.view_step_label.clear()
+            return
+        total = self._max_steps()
+        of = f" of {total}" if total else ""
+        self.view_step_label.setText(f"Showing the model at step {step}{of} (the weights kept then), not the "
+                                     "latest")
+        self.view_step_banner.setVisible(True)
+
+    def _max_steps(self) -> int | None:
+        """The run's max steps: the live trainer's, else the loaded run's config."""
+        trainer = self.session.trainer
+        config = trainer.config if trainer is not None else (
+            self.session.config if self.session.loaded_run is not None else None)
+        return config.train.max_steps if config is not None else None
 
     # ----- display -------------------------------------------------------------------------
 
@@ -225,14 +317,27 @@ class PredictionsPanel(QWidget):
                 else f"p = {s.prob:.4f} (the model's probability for this token)\nloss = {s.loss:.3f} nats"
                 for s in surprise]
         self.chips.set_tokens(prediction.tokens, colors, tips)
-        self.table.set_candidates(prediction.candidates)
-        self.chart.set_candidates(prediction.candidates)
+        true = self._true_next
+        self.table.set_candidates(prediction.candidates, true)
+        if (true is not None) != self._truth_column_shown:
+            self._truth_column_shown = true is not None
+            self._fit_table()
+        self.chart.set_candidates(prediction.candidates, true,
+                                  truth_label(self._truth) if true is not None and self._truth is not None else None)
         covered = sum(c.prob for c in prediction.candidates)
         vocab = len(prediction.probs)
         parts = [
             f"entropy {prediction.entropy:.3f} nats (perplexity {math.exp(prediction.entropy):.1f} of {vocab} tokens)",
             f"top-{len(prediction.candidates)} cover {covered:.1%} of the probability",
         ]
+        self._kl = None
+        if true is not None and self._truth is not None:
+            self._kl = float(self._truth.kl(true, prediction.probs))
+            parts.append(f"KL(true ‖ model) = {self._kl:.3f} nats")
+            listed = {c.id for c in prediction.candidates}
+            unlisted = sum(p for token_id, p in true.items() if token_id not in listed)
+            if unlisted > 1e-9:  # the chart's outlines cannot show these: say how much is missing
+                parts.append(f"true next tokens not listed: {unlisted:.1%} of the truth")
         self.summary_label.setText(" · ".join(parts))
         notes = []
         if prediction.context_start > 0:
@@ -243,8 +348,19 @@ class PredictionsPanel(QWidget):
         self._show_message("; ".join(notes), error=False)
         self.prediction_ready.emit(prediction)
 
+    def _fit_table(self) -> None:
+        """Once per appearance of the "true p" column: widen the table to show all its columns,
+        if the chart keeps a usable width (the splitter is the person's to move after that)."""
+        sizes = self.results_splitter.sizes()
+        total = sum(sizes)
+        wanted = self.table.preferred_width()
+        if total > 0 and sizes[0] < wanted:
+            table = min(wanted, max(total - 260, sizes[0]))
+            self.results_splitter.setSizes([table, total - table])
+
     def _clear_results(self, message: str, error: bool) -> None:
         self._prediction = None
+        self._kl = None
         self.table.set_candidates([])
         self.chart.set_candidates([])
         self.summary_label.clear()

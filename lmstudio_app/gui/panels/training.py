@@ -198,7 +198,9 @@ class TrainingPanel(QWidget):
         self.loss_plot.clear()
         for record in self.run.history:  # a resumed run shows its earlier curve too
             self.loss_plot.add_point(record.get("step", 0), record.get("train_loss"), record.get("lr"),
-                                     record.get("val_loss"))
+                                     record.get("val_loss"), record.get("kl_to_truth"))
+        truth = getattr(trainer, "truth", None)  # a synthetic corpus: how low the loss can go
+        self.loss_plot.set_entropy_floor(truth.entropy_rate() if truth is not None else None)
         self.loss_plot.set_step_range(trainer.config.train.max_steps)
         self.samples.clear()
         self.status.begin(trainer.config.train.max_steps)

@@ -12,6 +12,12 @@ The axes render into cached pixmaps and, while training, the step axis spans the
 from the start, so a new point repaints the curves without re-laying out the ticks and grid.
 Buffers are capped: past the cap the older half is thinned 2:1, so memory stays flat in long
 runs and recent steps keep full detail.
+
+For a synthetic corpus whose exact odds are known (the demo grammar), two more things show how
+close the model came to the truth: the KL divergence from the truth at each evaluation (mean
+KL(true ‖ model) over the watched prompts, a curve on the loss axis: both are nats) and the
+entropy floor, the lowest loss any model can reach, as a dashed horizontal line. A run without a
+truth shows neither (not even in the legend).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import time
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QPaintEvent, QShowEvent
+from PySide6.QtGui import QColor, QPaintEvent, QShowEvent
 from PySide6.QtWidgets import QCheckBox, QGraphicsItem, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 from lmstudio_app.training.control import StepMetrics
@@ -40,6 +46,9 @@ MAX_BINS = 1500  # per curve: 2 points a bin, about two per pixel of a wide plot
 MAX_MARKERS = 300  # validation points drawn with a marker each; more are drawn as a line
 RANGE_HEADROOM = 0.05  # an auto-ranged axis leaves this share of the data's span free on each side
 RANGE_SHRINK_BELOW = 0.5  # ... and only shrinks when the data fills less than this share of it
+KL_LABEL = "KL to truth"  # the KL curve's legend entry
+KL_COLORS = ("#9467bd", "#c9a0ff")  # on a light, a dark background
+FLOOR_COLORS = ("#505050", "#b0b0b0")
 
 
 class _TimedPlotWidget(pg.PlotWidget):
@@ -162,6 +171,8 @@ class LossPlot(QWidget):
         self.train = SeriesBuffer(max_points)
         self.val = SeriesBuffer(max_points)
         self.lr = SeriesBuffer(max_points)
+        self.kl = SeriesBuffer(max_points)  # KL(true ‖ model) at evaluations, for a synthetic corpus
+        self.entropy_floor: float | None = None  # the truth's entropy rate, nats/token
         self.smoothing = 0.6
         self._pending_smoothing: float | None = None  # from the slider, applied at the next redraw
         self._ema_state = 0.0  # un-debiased running EMA of the train loss, for incremental updates
@@ -208,10 +219,20 @@ class LossPlot(QWidget):
         self.lr_curve = pg.PlotDataItem(name="learning rate")
         self.lr_view.addItem(self.lr_curve)  # not in the loss view: add it to the legend by hand
         self.plot_item.legend.addItem(self.lr_curve, "learning rate")
+        # The KL from the truth shares the loss axis (both nats); it joins the legend with its first point.
+        self.kl_curve = pg.PlotDataItem(symbol="t", symbolSize=7)
+        self.plot_item.addItem(self.kl_curve)
+        self._kl_in_legend = False
+        # The entropy floor: not data, so it never widens the auto-range (the y axis starts at 0 anyway).
+        self.floor_line = pg.InfiniteLine(angle=0, movable=False, label="",
+                                          labelOpts={"position": 0.02, "anchors": [(0, 1), (0, 1)]})
+        self.floor_line.setVisible(False)
+        self.plot_item.addItem(self.floor_line, ignoreBounds=True)
         self._curves = [_DecimatedCurve(self.train, self.train_raw_curve),
                         _DecimatedCurve(self.smoothed, self.train_curve),
                         _DecimatedCurve(self.val, self.val_curve, symbol="o"),
-                        _DecimatedCurve(self.lr, self.lr_curve)]
+                        _DecimatedCurve(self.lr, self.lr_curve),
+                        _DecimatedCurve(self.kl, self.kl_curve, symbol="t")]
         self._set_skip_finite_check(True)
 
     def _cache_axes_and_legend(self) -> None:
@@ -260,7 +281,7 @@ class LossPlot(QWidget):
     # ---- data in --------------------------------------------------------------------------
 
     def add_point(self, step: float, train_loss: float | None, lr: float | None = None,
-                  val_loss: float | None = None) -> None:
+                  val_loss: float | None = None, kl_to_truth: float | None = None) -> None:
         """Buffer one step's numbers; nothing is drawn until the next timer tick."""
         if train_loss is not None and np.isfinite(train_loss):
             self.train.append(step, train_loss)
@@ -273,16 +294,44 @@ class LossPlot(QWidget):
             self.lr.append(step, lr)
         if val_loss is not None and np.isfinite(val_loss):
             self.val.append(step, val_loss)
+        if kl_to_truth is not None and np.isfinite(kl_to_truth):
+            self.kl.append(step, kl_to_truth)
+            if not self._kl_in_legend:
+                self.plot_item.legend.addItem(self.kl_curve, KL_LABEL)
+                self._kl_in_legend = True
         self._dirty = True
 
     def add_metrics(self, metrics: StepMetrics) -> None:
-        """Take a step's report (its step, train_loss, lr and val_loss)."""
-        self.add_point(metrics.step, metrics.train_loss, metrics.lr, metrics.val_loss)
+        """Take a step's report (its step, train_loss, lr, val_loss and KL to the truth)."""
+        self.add_point(metrics.step, metrics.train_loss, metrics.lr, metrics.val_loss, metrics.kl_to_truth)
+
+    def set_entropy_floor(self, nats: float | None) -> None:
+        """Draw the lowest reachable loss (a truth's entropy rate) as a dashed line; None hides it."""
+        self.entropy_floor = float(nats) if nats is not None and np.isfinite(nats) else None
+        if self.entropy_floor is None:
+            self.floor_line.setVisible(False)
+            return
+        self.floor_line.setVisible(True)  # first: a hidden line's label ignores a new text
+        self.floor_line.label.setFormat(f"entropy floor {self.entropy_floor:.3f}")
+        self.floor_line.setToolTip("The lowest mean loss any model can reach on this corpus (nats/token): "
+                                   "its generating grammar's entropy rate")
+        self._place_floor()
+
+    def _place_floor(self) -> None:
+        if self.entropy_floor is not None:
+            log = self.plot_item.ctrl.logYCheck.isChecked()
+            self.floor_line.setValue(np.log10(self.entropy_floor) if log and self.entropy_floor > 0
+                                     else self.entropy_floor)
 
     def clear(self) -> None:
-        """Forget every point; the step axis follows the data again (see :meth:`set_step_range`)."""
-        for buffer in (self.train, self.smoothed, self.val, self.lr):
+        """Forget every point and the entropy floor; the step axis follows the data again (see
+        :meth:`set_step_range`)."""
+        for buffer in (self.train, self.smoothed, self.val, self.lr, self.kl):
             buffer.clear()
+        if self._kl_in_legend:
+            self.plot_item.legend.removeItem(self.kl_curve)
+            self._kl_in_legend = False
+        self.set_entropy_floor(None)
         self._ema_state, self._ema_count = 0.0, 0
         self.loss_view.refit()
         self.lr_view.refit()
@@ -319,6 +368,7 @@ class LossPlot(QWidget):
     def set_log_y(self, on: bool) -> None:
         """A logarithmic loss axis (the check box follows)."""
         self.plot_item.setLogMode(x=False, y=bool(on))
+        self._place_floor()  # a line is placed in view coordinates: log10 of the floor on a log axis
         self._set_skip_finite_check(not on)  # log10 of a zero loss is -inf: let pyqtgraph check
         if self.log_checkbox.isChecked() != bool(on):
             self.log_checkbox.setChecked(bool(on))
@@ -381,3 +431,14 @@ class LossPlot(QWidget):
         self.val_curve.setSymbolBrush(pg.mkBrush(palette.val))
         self.val_curve.setSymbolPen(pg.mkPen(palette.val))
         self.lr_curve.setPen(pg.mkPen(palette.lr, width=1, style=Qt.PenStyle.DashLine))
+        dark = QColor(palette.background).lightness() < 128
+        kl_color, floor_color = KL_COLORS[dark], FLOOR_COLORS[dark]
+        self.kl_curve.setPen(pg.mkPen(kl_color, width=2))
+        self.kl_curve.setSymbolBrush(pg.mkBrush(kl_color))
+        self.kl_curve.setSymbolPen(pg.mkPen(kl_color))
+        self.floor_line.setPen(pg.mkPen(floor_color, width=1.5, style=Qt.PenStyle.DashLine))
+        self.floor_line.label.setColor(floor_color)
+        # The legend sits over the curves (and the floor line): a backing keeps its entries readable.
+        backing = QColor(palette.background)
+        backing.setAlpha(210)
+        self.plot_item.legend.setBrush(pg.mkBrush(backing))

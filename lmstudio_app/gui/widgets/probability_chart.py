@@ -5,13 +5,15 @@ The table holds the exact floats of :class:`~lmstudio_app.inference.distribution
 core computed. The chart draws two bars per candidate: the softmax probability at the chosen
 temperature (wide) and, inside it, what sampling uses after top-k / top-p filtering (narrow).
 Candidates cut by the filters keep their wide bar but no inner one, so the effect of
-top-k/top-p is visible at once.
+top-k/top-p is visible at once. When the corpus's exact odds are known (a synthetic corpus), a
+hollow outline per candidate marks its true probability, and the table's "true p" column shows
+it; without them the outlines and the column are hidden.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pyqtgraph as pg
 from PySide6.QtCore import QModelIndex, QPointF, QRect, Qt, Signal
@@ -38,8 +40,10 @@ from .token_chips import visible_text
 
 _PROB_BRUSH = (90, 140, 230, 200)
 _SAMPLE_BRUSH = (240, 150, 50, 230)
+_TRUTH_PEN = (20, 160, 90, 255)  # the true probability: an outline the model's bar should fill
 _PROB_BAR_WIDTH = 0.8  # in x units, one per candidate; a click within a bar picks its candidate
 _SAMPLE_BAR_WIDTH = 0.35  # the inner bar
+_TRUTH_BAR_WIDTH = 0.92  # the truth's outline, a little wider than the bar it frames
 _MAX_LABEL_CHARS = 8
 
 
@@ -63,27 +67,39 @@ class ProbabilityChart(QWidget):
                                           brush=pg.mkBrush(*_PROB_BRUSH), pen=None)
         self._sample_bars = pg.BarGraphItem(x=[], height=[], width=_SAMPLE_BAR_WIDTH,
                                             brush=pg.mkBrush(*_SAMPLE_BRUSH), pen=None)
+        self._truth_bars = pg.BarGraphItem(x=[], height=[], width=_TRUTH_BAR_WIDTH, brush=None,
+                                           pen=pg.mkPen(_TRUTH_PEN, width=2))
         self.plot.addItem(self._prob_bars)
         self.plot.addItem(self._sample_bars)
-        legend = self.plot.addLegend(offset=(-5, 5))
-        legend.addItem(self._prob_bars, "softmax(logits / T)")
-        legend.addItem(self._sample_bars, "after top-k / top-p")
+        self.plot.addItem(self._truth_bars)
+        backing = QColor(self.palette().window().color())  # light or dark: the window's own colour
+        backing.setAlpha(200)
+        self.legend = self.plot.addLegend(offset=(-5, 5), brush=pg.mkBrush(backing))  # over the bars
+        self.legend.addItem(self._prob_bars, "softmax(logits / T)")
+        self.legend.addItem(self._sample_bars, "after top-k / top-p")
+        self._truth_label: str | None = None  # the truth's legend entry, while one is shown
         self.plot.scene().sigMouseClicked.connect(self._on_click)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.plot)
 
-    def set_candidates(self, candidates: Sequence[Candidate]) -> None:
-        """Redraw for a new prediction (an empty list clears the chart)."""
+    def set_candidates(self, candidates: Sequence[Candidate], truth: Mapping[int, float] | None = None,
+                       truth_label: str = "truth") -> None:
+        """Redraw for a new prediction (an empty list clears the chart). ``truth``: the exact
+        next-token odds by token ID (a synthetic corpus's), drawn as an outline per candidate."""
         self._candidates = list(candidates)
         xs = list(range(len(self._candidates)))
         probs = [c.prob for c in self._candidates]
         samples = [c.sample_prob for c in self._candidates]
         self._prob_bars.setOpts(x=xs, height=probs)
         self._sample_bars.setOpts(x=xs, height=samples)
+        trues = [float(truth.get(c.id, 0.0)) for c in self._candidates] if truth is not None else []
+        self._truth_bars.setOpts(x=xs if truth is not None else [], height=trues)
+        self._truth_bars.setVisible(truth is not None)
+        self._set_truth_legend(truth_label if truth is not None else None)
         ticks = [(i, _short_label(c.text)) for i, c in enumerate(self._candidates)]
         self.plot.getAxis("bottom").setTicks([ticks])
-        top = max(probs + samples, default=0.0)
+        top = max(probs + samples + trues, default=0.0)
         # Zoom to the tallest bar: a flat distribution must still show its shape.
         self.plot.setYRange(0.0, max(0.02, min(1.0, top * 1.1)), padding=0)
         self.plot.setXRange(-0.6, max(len(xs), 1) - 0.4, padding=0)
@@ -91,6 +107,23 @@ class ProbabilityChart(QWidget):
     def heights(self) -> list[float]:
         """The drawn probability bars, in candidate order."""
         return list(self._prob_bars.opts.get("height", []))
+
+    def truth_heights(self) -> list[float]:
+        """The drawn true probabilities, in candidate order ([] without a truth)."""
+        return list(self._truth_bars.opts.get("height", [])) if self._truth_bars.isVisible() else []
+
+    def truth_legend(self) -> str | None:
+        """The truth's legend entry, while one is shown."""
+        return self._truth_label
+
+    def _set_truth_legend(self, label: str | None) -> None:
+        if label == self._truth_label:
+            return
+        if self._truth_label is not None:
+            self.legend.removeItem(self._truth_bars)
+        if label is not None:
+            self.legend.addItem(self._truth_bars, label)
+        self._truth_label = label
 
     def _on_click(self, event: object) -> None:
         pos: QPointF = event.scenePos()  # type: ignore[attr-defined]
@@ -107,8 +140,8 @@ def _short_label(text: str) -> str:
     return shown if len(shown) <= _MAX_LABEL_CHARS else shown[: _MAX_LABEL_CHARS - 1] + "…"
 
 
-COLUMNS = ("#", "token", "id", "logit", "probability", "sampled", "")
-COL_RANK, COL_TOKEN, COL_ID, COL_LOGIT, COL_PROB, COL_SAMPLE, COL_BAR = range(len(COLUMNS))
+COLUMNS = ("#", "token", "id", "logit", "probability", "sampled", "true p", "")
+COL_RANK, COL_TOKEN, COL_ID, COL_LOGIT, COL_PROB, COL_SAMPLE, COL_TRUE, COL_BAR = range(len(COLUMNS))
 
 
 class _BarDelegate(QStyledItemDelegate):
@@ -149,8 +182,13 @@ class CandidateTable(QTableWidget):
         self.setItemDelegateForColumn(COL_BAR, _BarDelegate(self))
         self.setToolTip("Click a candidate to append it to the prompt")
         self.cellClicked.connect(lambda row, _col: self.candidate_clicked.emit(row))
+        self.horizontalHeaderItem(COL_TRUE).setToolTip("The exact probability of this token next, in the "
+                                                       "corpus's generating grammar")
+        self.setColumnHidden(COL_TRUE, True)  # shown only when the corpus's odds are known
 
-    def set_candidates(self, candidates: Sequence[Candidate]) -> None:
+    def set_candidates(self, candidates: Sequence[Candidate], truth: Mapping[int, float] | None = None) -> None:
+        """Fill the rows; ``truth`` (exact next-token odds by token ID) fills the "true p" column,
+        which is hidden without it."""
         # Columns sized to their contents would re-measure every cell after each setItem (~30 ms
         # for ten rows, all of it holding the GIL that training needs): fill with fixed sections,
         # then measure once.
@@ -158,16 +196,18 @@ class CandidateTable(QTableWidget):
         modes = [header.sectionResizeMode(col) for col in range(header.count())]
         for col in range(header.count()):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
+        self.setColumnHidden(COL_TRUE, truth is None)
         try:
-            self._fill(candidates)
+            self._fill(candidates, truth)
         finally:
             for col, mode in enumerate(modes):
                 header.setSectionResizeMode(col, mode)
 
-    def _fill(self, candidates: Sequence[Candidate]) -> None:
+    def _fill(self, candidates: Sequence[Candidate], truth: Mapping[int, float] | None) -> None:
         self.setRowCount(len(candidates))
         dim = self.palette().placeholderText().color()
         for row, cand in enumerate(candidates):
+            true = float(truth.get(cand.id, 0.0)) if truth is not None else None
             cells = [
                 (str(row + 1), None),
                 (visible_text(cand.text), None),
@@ -175,21 +215,32 @@ class CandidateTable(QTableWidget):
                 (f"{cand.logit:.3f}", cand.logit),
                 (f"{cand.prob:.2%}" if cand.prob >= 1e-4 else f"{cand.prob:.2e}", cand.prob),
                 ("cut" if cand.sample_prob == 0 else f"{cand.sample_prob:.2%}", cand.sample_prob),
+                ("" if true is None else f"{true:.2%}" if true >= 1e-4 or true == 0 else f"{true:.2e}", true),
                 ("", cand.prob),
             ]
             for col, (text, value) in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if value is not None:
                     item.setData(Qt.ItemDataRole.UserRole, value)
-                if col in (COL_ID, COL_LOGIT, COL_PROB, COL_SAMPLE):
+                if col in (COL_ID, COL_LOGIT, COL_PROB, COL_SAMPLE, COL_TRUE):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 if cand.sample_prob == 0:  # filtered out by top-k/top-p: sampling never picks it
                     item.setForeground(dim)
                     item.setToolTip("Cut by top-k / top-p: never sampled")
                 self.setItem(row, col, item)
 
-    def value(self, row: int, col: int) -> float | int:
-        """The exact number behind a cell (id, logit, probability or sampled probability)."""
+    def preferred_width(self) -> int:
+        """The width that shows every visible column (the bar column at a readable minimum)
+        without a horizontal scroll bar."""
+        header = self.horizontalHeader()
+        columns = sum(header.sectionSize(c) for c in range(self.columnCount())
+                      if c != COL_BAR and not self.isColumnHidden(c))
+        scroll = self.verticalScrollBar().sizeHint().width()
+        return columns + 60 + scroll + 2 * self.frameWidth()
+
+    def value(self, row: int, col: int) -> float | int | None:
+        """The exact number behind a cell (id, logit, probability, sampled or true probability;
+        None for "true p" without a truth)."""
         return self.item(row, col).data(Qt.ItemDataRole.UserRole)
 
 
