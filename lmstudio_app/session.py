@@ -79,6 +79,7 @@ class SessionEvents(SignalGroup):
     data_config_changed = Signal()  # config.data's split settings
     model_config_changed = Signal()  # config.model (plugin or params)
     train_config_changed = Signal()  # config.train
+    watch_config_changed = Signal()  # config.watch: the prompts the next run records
     model_changed = Signal()  # the model to probe is another one (a new run, a loaded run)
     run_loaded = Signal(object)  # the Path of a run opened for probing (session.loaded_run)
     prompt_changed = Signal(str)  # the prompt the probing panels show
@@ -231,6 +232,19 @@ class Session:
             self.config.train = new_train
         self._emit(self.events.train_config_changed)
 
+    def set_watch(self, values: Mapping[str, Any]) -> None:
+        """The prompts the next run watches (``prompts``, ``targets``, ``top_k``); no prompts: the
+        run chooses them (a synthetic corpus's own, else a few from the validation text)."""
+        merged = {**params_to_dict(self.config.watch), **dict(values)}
+        if "prompts" in values and "targets" not in values:
+            merged["targets"] = []  # new prompts: what follows the old ones no longer applies
+        new_watch = build_params(type(self.config.watch), merged, "watch")
+        with self._lock:
+            if new_watch == self.config.watch:
+                return
+            self.config.watch = new_watch
+        self._emit(self.events.watch_config_changed)
+
     def apply_preset(self, name_or_path: str | Path) -> None:
         """Overlay a preset (a bundled name like ``fast-cpu`` or a TOML path); the data stays."""
         if self.run.state.active:
@@ -252,7 +266,8 @@ class Session:
         pairs = ((old.data, new.data, self.events.data_config_changed),
                  (old.tokenizer, new.tokenizer, self.events.tokenizer_changed),
                  (old.model, new.model, self.events.model_config_changed),
-                 (old.train, new.train, self.events.train_config_changed))
+                 (old.train, new.train, self.events.train_config_changed),
+                 (old.watch, new.watch, self.events.watch_config_changed))
         return [event for before, after, event in pairs if before != after]
 
     def set_prompt(self, text: str) -> None:

@@ -41,6 +41,7 @@ class AppEvents(QObject):
     data_config_changed = Signal()
     model_config_changed = Signal()
     train_config_changed = Signal()
+    watch_config_changed = Signal()
     model_changed = Signal()
     run_loaded = Signal(object)  # Path
     prompt_changed = Signal(str)
@@ -69,7 +70,7 @@ class AppEvents(QObject):
         self._links: list[tuple[Any, Callable[..., None]]] = []
         core, run = session.events, session.run.events
         for name in ("corpus_changed", "tokenizer_changed", "corpus_tokenized", "data_config_changed",
-                     "model_config_changed", "train_config_changed", "model_changed", "run_loaded",
+                     "model_config_changed", "train_config_changed", "watch_config_changed", "model_changed", "run_loaded",
                      "prompt_changed", "view_step_changed", "continuations_ready"):
             self._relay(getattr(core, name), getattr(self, name).emit)
         self._relay(run.state_changed, self.run_state_changed.emit)

@@ -40,6 +40,7 @@ from lmstudio_app.training.controller import RunState
 
 from .. import dialogs
 from ..events import AppEvents
+from ..watch_dialog import WatchDialog
 from ..widgets.loss_plot import LossPlot
 from ..widgets.param_form import ParamForm
 from ..widgets.training_progress import ProgressStrip
@@ -84,6 +85,8 @@ class TrainingPanel(QWidget):
         self.stop_button = self._button("Stop", "stopButton", self.stop_training)
         self.save_button = self._button("Save checkpoint", "saveCheckpointButton", self.save_checkpoint)
         self.resume_run_button = self._button("Resume run…", "resumeRunButton", self.choose_run_to_resume)
+        self.watch_button = self._button("Watched prompts…", "watchButton", self.edit_watched_prompts)
+        self.watch_button.setToolTip("The prompts whose predictions the next run records (the Timeline panel)")
         self.resume_run_button.setToolTip(
             "Continue a saved run up to the larger of its max steps and the Max steps set here")
 
@@ -135,6 +138,9 @@ class TrainingPanel(QWidget):
         overrides = {"max_steps": wanted} if wanted > saved.train.max_steps else {}
         self.status.busy(f"Resuming {run_dir.name}…")
         self._guard(lambda: self.session.resume_training(run_dir, overrides))
+
+    def edit_watched_prompts(self) -> None:
+        WatchDialog(self.session, self).exec()
 
     def choose_run_to_resume(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Resume run", str(default_runs_dir()))
@@ -283,6 +289,7 @@ class TrainingPanel(QWidget):
         run_buttons.addWidget(self.save_button)
         run_buttons.addWidget(self.resume_run_button)
         settings.addRow(run_buttons)
+        settings.addRow(self.watch_button)
         buttons = QHBoxLayout()
         for button in (self.start_button, self.pause_button, self.resume_button, self.stop_button):
             buttons.addWidget(button)
@@ -307,6 +314,7 @@ class TrainingPanel(QWidget):
         has_trainer = self.session.trainer is not None
         self.start_button.setEnabled(idle)
         self.resume_run_button.setEnabled(idle)
+        self.watch_button.setEnabled(idle)
         self.pause_button.setEnabled(state == RunState.TRAINING)
         self.resume_button.setEnabled(state == RunState.PAUSED)
         self.stop_button.setEnabled(state in (RunState.TRAINING, RunState.PAUSED))
