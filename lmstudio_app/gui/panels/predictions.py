@@ -9,7 +9,12 @@ that one answer. Sampling settings re-read the answer's logits: moving a slider 
 
 When the corpus is synthetic (the demo grammar) and its exact odds are known
 (``session.truth()``), the truth sits beside the model: each candidate's true probability in the
-table ("true p") and in the chart (an outline per bar), and KL(true ‖ model) in the summary. A
+table ("true p") and in the chart (an outline per bar), and KL(true ‖ model) in the summary.
+
+For any corpus, once it is tokenized the panel has the session index the training text in the
+background (``session.build_continuations``, once per token array) and then shows what followed
+the prompt's last ``n`` tokens there: each candidate's share in the table ("in text") and the most
+frequent followers in a note under the summary, labelled as counts, not the truth. A
 banner says when the weights probed are those kept at an earlier step, with a way back to live.
 """
 
@@ -34,7 +39,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lmstudio_app.errors import LMStudioError
+from lmstudio_app.data.continuations import Continuations
+from lmstudio_app.errors import Cancelled, LMStudioError
 from lmstudio_app.inference.distributions import NextTokenPrediction
 from lmstudio_app.inference.predictor import Predictor
 from lmstudio_app.inference.truth import TokenTruth
@@ -45,10 +51,27 @@ from ..dialogs import describe_exception
 from ..events import AppEvents
 from ..queries import NO_MODEL_HINT, PromptAnswer
 from ..widgets.probability_chart import CandidateTable, ProbabilityChart, SamplingControls
-from ..widgets.token_chips import TokenChips, probability_color
+from ..widgets.token_chips import TokenChips, probability_color, visible_text
 from ..worker import run_in_thread
 
-__all__ = ["DEFAULT_PROMPT", "NO_MODEL_HINT", "PredictionsPanel", "truth_label"]
+__all__ = ["DEFAULT_PROMPT", "NO_MODEL_HINT", "PredictionsPanel", "counts_note", "truth_label"]
+
+COUNTS_NOTE_TOKENS = 3  # the most frequent followers the note names
+
+
+def counts_note(counts: Continuations, context: str, names: list[str]) -> str:
+    """The one-line note under the summary: what followed the matched context in the training
+    text (``context``: those tokens as text; ``names``: the most frequent followers' text, in
+    ``counts.counts`` order), labelled as counts."""
+    shares = counts.probabilities()
+    followers = ", ".join(f"{name} {share:.1%}" for name, share in zip(names, shares.values(), strict=False))
+    if counts.n == 0:
+        where = f"in the training text, no context matched; over all {counts.occurrences:,} tokens"
+    else:
+        tokens = f"{counts.n} token{'s' if counts.n != 1 else ''}"
+        where = (f"in the training text, after the last {tokens} ('{context}', seen "
+                 f"{counts.occurrences:,} time{'s' if counts.occurrences != 1 else ''})")
+    return f"{where}: {followers or 'nothing'} — counts, not the truth"
 
 
 def truth_label(truth: TokenTruth) -> str:
@@ -60,6 +83,11 @@ def truth_label(truth: TokenTruth) -> str:
     if not head or len(head) > 30:
         head = truth.spec.name
     return f"truth ({head})"
+
+
+def _readable(text: str) -> str:
+    """Text for a one-line note: spaces as they are, newlines and other control characters shown."""
+    return "".join(ch if ch == " " else visible_text(ch) for ch in text)
 
 
 class PredictionsPanel(QWidget):
@@ -78,6 +106,8 @@ class PredictionsPanel(QWidget):
         self._truth: TokenTruth | None = None  # the corpus's exact odds, for the answer shown
         self._true_next: dict[int, float] | None = None  # ... after its prompt (None: unknown)
         self._kl: float | None = None  # KL(true ‖ shown prediction), nats
+        self._counts: Continuations | None = None  # what followed the answer's prompt in the training text
+        self._index_task: Any = None  # the training text's index being built
         self._generation_task: Any = None
         self._generated: list[str] = []
         self._generated_lock = threading.Lock()
@@ -85,8 +115,12 @@ class PredictionsPanel(QWidget):
         self.scores.scored.connect(self._on_scored)
         events.prompt_changed.connect(self._on_session_prompt)
         events.view_step_changed.connect(self._on_view_step_changed)
+        for signal in (events.corpus_tokenized, events.training_started, events.model_changed):
+            signal.connect(self._ensure_index)
+        events.continuations_ready.connect(self._refresh_counts)
         if self.scores.latest is not None:
             self._on_scored(self.scores.latest)
+        self._ensure_index()
 
     # ----- UI ------------------------------------------------------------------------------
 
@@ -101,6 +135,13 @@ class PredictionsPanel(QWidget):
         self.message_label.setWordWrap(True)
         self.summary_label = QLabel()
         self.summary_label.setWordWrap(True)
+        self.counts_label = QLabel()
+        self.counts_label.setObjectName("countsLabel")
+        self.counts_label.setWordWrap(True)
+        self.counts_label.setToolTip("How often each token followed the end of the prompt in the training "
+                                     "text: counts in this one text (what a model that memorised it would "
+                                     "say), not the true odds of the language")
+        self.counts_label.setVisible(False)
         self.view_step_banner = QFrame()
         self.view_step_banner.setObjectName("viewStepBanner")
         self.view_step_banner.setFrameShape(QFrame.Shape.StyledPanel)
@@ -123,7 +164,7 @@ class PredictionsPanel(QWidget):
         self.table.candidate_clicked.connect(self.append_candidate)
         self.chart = ProbabilityChart()
         self.chart.bar_clicked.connect(self.append_candidate)
-        self._truth_column_shown = False  # the table was last widened for (or narrowed from) it
+        self._columns_shown = (False, False)  # ("true p", "in text") when the table was last fitted
         self.results_splitter = splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.table)
         splitter.addWidget(self.chart)
@@ -162,6 +203,7 @@ class PredictionsPanel(QWidget):
         layout.addWidget(self.message_label)
         layout.addWidget(self.sampling)
         layout.addWidget(self.summary_label)
+        layout.addWidget(self.counts_label)
         layout.addWidget(splitter, 1)
         layout.addWidget(generate_box)
 
@@ -193,6 +235,14 @@ class PredictionsPanel(QWidget):
     def true_next(self) -> dict[int, float] | None:
         """The exact odds of the next token after the shown prompt (None without a truth)."""
         return self._true_next
+
+    def counts(self) -> Continuations | None:
+        """What followed the shown prompt's end in the training text (None until indexed)."""
+        return self._counts
+
+    def counts_text(self) -> str:
+        """The note under the summary ("" while hidden)."""
+        return self.counts_label.text() if not self.counts_label.isHidden() else ""
 
     def kl_to_truth(self) -> float | None:
         """KL(true ‖ the shown prediction) in nats, as the summary says (None without a truth)."""
@@ -256,6 +306,7 @@ class PredictionsPanel(QWidget):
     def _on_scored(self, answer: PromptAnswer) -> None:
         self._answer = answer
         self._truth, self._true_next = self._truth_after(answer)
+        self._counts = self._counts_after(answer.text)
         self._show_view_step(answer.view_step)
         self._show_answer()
 
@@ -269,6 +320,64 @@ class PredictionsPanel(QWidget):
             return (truth, truth.next_token(answer.text)) if truth is not None else (None, None)
         except LMStudioError:  # a tokenizer the truth cannot use: show the model alone
             return None, None
+
+    # ----- what followed in the training text ----------------------------------------------
+
+    def _ensure_index(self, *_args: Any) -> None:
+        """Index the training text in the background, once per token array (the session keeps
+        it): when there is a tokenized corpus and no index for it yet."""
+        session = self.session
+        if self._index_task is not None or (session.corpus is None and session.trainer is None):
+            return
+        if session.continuations("") is not None:  # built already
+            return
+        self._index_task = run_in_thread(lambda report, cancelled: session.build_continuations(report, cancelled),
+                                         self._on_index_done, self._on_index_error)
+
+    def _on_index_done(self, _index: object) -> None:
+        self._index_task = None
+        self._refresh_counts()
+
+    def _on_index_error(self, exc: BaseException, details: str) -> None:
+        self._index_task = None
+        if not isinstance(exc, (Cancelled, LMStudioError)):
+            self.events.error.emit(describe_exception(exc), details)
+
+    def _refresh_counts(self, *_args: Any) -> None:
+        answer = self._answer
+        if answer is not None:
+            self._counts = self._counts_after(answer.text)
+            self._show_answer()
+
+    def _counts_after(self, text: str) -> Continuations | None:
+        """The training text's counts after the end of ``text`` (None without an index; a query
+        takes well under a millisecond)."""
+        try:
+            return self.session.continuations(text) if text else None
+        except LMStudioError:
+            return None
+
+    def _tokenizer(self) -> Any:
+        trainer = self.session.trainer
+        return trainer.tokenizer if trainer is not None else self.session.tokenizer
+
+    def _show_counts(self, counts: Continuations | None) -> None:
+        if counts is None:
+            self.counts_label.clear()
+            self.counts_label.setVisible(False)
+            return
+        tokenizer = self._tokenizer()
+        try:
+            decode = (lambda ids: tokenizer.decode(list(ids))) if tokenizer is not None else None
+            context = _readable(decode(counts.context)) if decode is not None else ""
+            top = list(counts.counts)[:COUNTS_NOTE_TOKENS]
+            names = [_readable(decode([i])).strip() or visible_text(decode([i])) if decode is not None else str(i)
+                     for i in top]
+        except LMStudioError:
+            context, names = "", [str(i) for i in list(counts.counts)[:COUNTS_NOTE_TOKENS]]
+        self.counts_label.setText(counts_note(counts, context, names))
+        self.counts_label.setToolTip(counts.describe())
+        self.counts_label.setVisible(True)
 
     def _on_view_step_changed(self, step: int | None) -> None:
         if step is None:  # back to live: say so at once, the fresh answer follows
@@ -300,8 +409,9 @@ class PredictionsPanel(QWidget):
             return  # the answer for the current prompt is on its way
         if answer.score is None:
             self._clear_results(answer.problem or NO_MODEL_HINT, error=answer.problem != NO_MODEL_HINT)
-            if answer.problem == NO_MODEL_HINT:  # still show how the prompt tokenizes
+            if answer.problem == NO_MODEL_HINT:  # still show how the prompt tokenizes, and what the text says
                 self.chips.set_tokens(answer.tokens)
+                self._show_counts(self._counts)
             return
         score = answer.score
         try:
@@ -318,9 +428,12 @@ class PredictionsPanel(QWidget):
                 for s in surprise]
         self.chips.set_tokens(prediction.tokens, colors, tips)
         true = self._true_next
-        self.table.set_candidates(prediction.candidates, true)
-        if (true is not None) != self._truth_column_shown:
-            self._truth_column_shown = true is not None
+        counts = self._counts
+        in_text = counts.probabilities() if counts is not None else None
+        self.table.set_candidates(prediction.candidates, true, in_text)
+        shown = (true is not None, in_text is not None)
+        if shown != self._columns_shown:
+            self._columns_shown = shown
             self._fit_table()
         self.chart.set_candidates(prediction.candidates, true,
                                   truth_label(self._truth) if true is not None and self._truth is not None else None)
@@ -339,6 +452,7 @@ class PredictionsPanel(QWidget):
             if unlisted > 1e-9:  # the chart's outlines cannot show these: say how much is missing
                 parts.append(f"true next tokens not listed: {unlisted:.1%} of the truth")
         self.summary_label.setText(" · ".join(parts))
+        self._show_counts(counts)
         notes = []
         if prediction.context_start > 0:
             notes.append(f"only the last {len(prediction.tokens) - prediction.context_start} tokens fit the "
@@ -349,7 +463,7 @@ class PredictionsPanel(QWidget):
         self.prediction_ready.emit(prediction)
 
     def _fit_table(self) -> None:
-        """Once per appearance of the "true p" column: widen the table to show all its columns,
+        """Once per appearance of the "true p" or "in text" column: widen the table to show all its columns,
         if the chart keeps a usable width (the splitter is the person's to move after that)."""
         sizes = self.results_splitter.sizes()
         total = sum(sizes)
@@ -364,6 +478,7 @@ class PredictionsPanel(QWidget):
         self.table.set_candidates([])
         self.chart.set_candidates([])
         self.summary_label.clear()
+        self._show_counts(None)
         self.chips.clear()
         self._show_message(message, error)
 

@@ -7,7 +7,9 @@ temperature (wide) and, inside it, what sampling uses after top-k / top-p filter
 Candidates cut by the filters keep their wide bar but no inner one, so the effect of
 top-k/top-p is visible at once. When the corpus's exact odds are known (a synthetic corpus), a
 hollow outline per candidate marks its true probability, and the table's "true p" column shows
-it; without them the outlines and the column are hidden.
+it; without them the outlines and the column are hidden. The "in text" column is another thing:
+each candidate's share of what followed the prompt's last tokens in the training text (counts in
+one text, any corpus), hidden until that index is built.
 """
 
 from __future__ import annotations
@@ -140,8 +142,8 @@ def _short_label(text: str) -> str:
     return shown if len(shown) <= _MAX_LABEL_CHARS else shown[: _MAX_LABEL_CHARS - 1] + "…"
 
 
-COLUMNS = ("#", "token", "id", "logit", "probability", "sampled", "true p", "")
-COL_RANK, COL_TOKEN, COL_ID, COL_LOGIT, COL_PROB, COL_SAMPLE, COL_TRUE, COL_BAR = range(len(COLUMNS))
+COLUMNS = ("#", "token", "id", "logit", "probability", "sampled", "true p", "in text", "")
+COL_RANK, COL_TOKEN, COL_ID, COL_LOGIT, COL_PROB, COL_SAMPLE, COL_TRUE, COL_TEXT, COL_BAR = range(len(COLUMNS))
 
 
 class _BarDelegate(QStyledItemDelegate):
@@ -185,10 +187,16 @@ class CandidateTable(QTableWidget):
         self.horizontalHeaderItem(COL_TRUE).setToolTip("The exact probability of this token next, in the "
                                                        "corpus's generating grammar")
         self.setColumnHidden(COL_TRUE, True)  # shown only when the corpus's odds are known
+        self.horizontalHeaderItem(COL_TEXT).setToolTip(
+            "How often this token followed the prompt's last tokens in the training text, as a share of "
+            "all that followed them there (counts in one text, not the true odds; blank: never)")
+        self.setColumnHidden(COL_TEXT, True)  # shown once the training text's index is built
 
-    def set_candidates(self, candidates: Sequence[Candidate], truth: Mapping[int, float] | None = None) -> None:
+    def set_candidates(self, candidates: Sequence[Candidate], truth: Mapping[int, float] | None = None,
+                       in_text: Mapping[int, float] | None = None) -> None:
         """Fill the rows; ``truth`` (exact next-token odds by token ID) fills the "true p" column,
-        which is hidden without it."""
+        which is hidden without it; ``in_text`` (each token's share of what followed the prompt's
+        end in the training text, by token ID) fills the "in text" column, hidden without it."""
         # Columns sized to their contents would re-measure every cell after each setItem (~30 ms
         # for ten rows, all of it holding the GIL that training needs): fill with fixed sections,
         # then measure once.
@@ -197,17 +205,20 @@ class CandidateTable(QTableWidget):
         for col in range(header.count()):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
         self.setColumnHidden(COL_TRUE, truth is None)
+        self.setColumnHidden(COL_TEXT, in_text is None)
         try:
-            self._fill(candidates, truth)
+            self._fill(candidates, truth, in_text)
         finally:
             for col, mode in enumerate(modes):
                 header.setSectionResizeMode(col, mode)
 
-    def _fill(self, candidates: Sequence[Candidate], truth: Mapping[int, float] | None) -> None:
+    def _fill(self, candidates: Sequence[Candidate], truth: Mapping[int, float] | None,
+              in_text: Mapping[int, float] | None) -> None:
         self.setRowCount(len(candidates))
         dim = self.palette().placeholderText().color()
         for row, cand in enumerate(candidates):
             true = float(truth.get(cand.id, 0.0)) if truth is not None else None
+            seen = float(in_text.get(cand.id, 0.0)) if in_text is not None else None
             cells = [
                 (str(row + 1), None),
                 (visible_text(cand.text), None),
@@ -216,13 +227,14 @@ class CandidateTable(QTableWidget):
                 (f"{cand.prob:.2%}" if cand.prob >= 1e-4 else f"{cand.prob:.2e}", cand.prob),
                 ("cut" if cand.sample_prob == 0 else f"{cand.sample_prob:.2%}", cand.sample_prob),
                 ("" if true is None else f"{true:.2%}" if true >= 1e-4 or true == 0 else f"{true:.2e}", true),
+                ("" if not seen else f"{seen:.1%}" if seen >= 1e-3 else f"{seen:.1e}", seen),  # blank: never
                 ("", cand.prob),
             ]
             for col, (text, value) in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if value is not None:
                     item.setData(Qt.ItemDataRole.UserRole, value)
-                if col in (COL_ID, COL_LOGIT, COL_PROB, COL_SAMPLE, COL_TRUE):
+                if col in (COL_ID, COL_LOGIT, COL_PROB, COL_SAMPLE, COL_TRUE, COL_TEXT):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 if cand.sample_prob == 0:  # filtered out by top-k/top-p: sampling never picks it
                     item.setForeground(dim)
@@ -239,8 +251,8 @@ class CandidateTable(QTableWidget):
         return columns + 60 + scroll + 2 * self.frameWidth()
 
     def value(self, row: int, col: int) -> float | int | None:
-        """The exact number behind a cell (id, logit, probability, sampled or true probability;
-        None for "true p" without a truth)."""
+        """The exact number behind a cell (id, logit, probability, sampled or true probability,
+        share in the text; None for "true p" without a truth and "in text" without an index)."""
         return self.item(row, col).data(Qt.ItemDataRole.UserRole)
 
 
