@@ -451,7 +451,12 @@ class Session:
         or end of the run is first brought up to date (waiting for the current step, if any);
         without, the copy is used as it is (what a keystroke in the prompt wants).
         """
-        step, folder = self.view_step, self.run_folder()
+        return self.predictor_at(self.view_step, fresh)
+
+    def predictor_at(self, step: int | None, fresh: bool = True) -> Predictor | None:
+        """The model as it was at ``step`` (weights the run kept; loaded once, a few kept loaded),
+        or with None the latest, whatever step the app is viewing (see :meth:`predictor`)."""
+        folder = self.run_folder()
         if step is not None and folder is not None:
             return self._predictor_at(folder.path, step)
         probe = self._probe

@@ -14,8 +14,8 @@ WAIT_MS = 30_000
 
 def test_scrubbing_to_a_step_shows_that_steps_numbers_in_the_table(qtbot, session, events, registry, tmp_path):
     trainer = session.create_trainer(tmp_path / "run")
-    for _ in trainer.steps():
-        pass
+    session.run.start(lambda: trainer)  # through the run controller: the probe follows the weights
+    qtbot.waitUntil(lambda: not session.run.state.active, timeout=WAIT_MS)
     panel = PredictionsPanel(session, events)
     pipeline = PipelineView(session, events)
     for widget in (panel, pipeline):

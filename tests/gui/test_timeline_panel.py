@@ -16,7 +16,10 @@ from lmstudio_app.gui.panels.timeline import (
     token_series,
     top_tokens,
 )
+from lmstudio_app.gui.queries import NO_MODEL_HINT
+from lmstudio_app.gui.widgets.moment_compare import format_kl
 from lmstudio_app.gui.widgets.token_chips import visible_text
+from lmstudio_app.inference.compare import compare_moments
 from lmstudio_app.inference.predictor import load_predictor
 
 
@@ -25,8 +28,8 @@ def trained(session, tmp_path):
     """A tiny run trained to the end (40 steps, evaluated every 10): its folder holds a timeline."""
     run = tmp_path / "run"
     trainer = session.create_trainer(run)
-    for _ in trainer.steps():
-        pass
+    session.run.start(lambda: trainer)  # through the run controller, as the app does: the probe follows
+    assert session.run.wait(120) and trainer.step == trainer.config.train.max_steps
     return run
 
 
@@ -179,3 +182,54 @@ def test_grows_with_a_live_run_at_most_once_a_second(qtbot, session, events, tmp
                     timeout=5000)
     assert panel.step_label.text() == "live model (step 40)"
     assert len(reads) <= 6  # model_updated came 5+ times, plus state changes: throttled reads
+
+
+def test_compare_two_moments_step_0_against_live(qtbot, session, events, trained, registry):
+    panel = make_panel(qtbot, session, events)
+    assert not panel.compare_box.isChecked() and panel.compare_body.isHidden()  # folded: the chart keeps the room
+    steps = sorted(session.viewable_steps())
+    combo = panel.compare_a
+    assert [combo.itemData(i) for i in range(combo.count())] == steps + [timeline_module.COMPARE_LIVE]
+    assert panel.compare_a.currentData() == 0 and panel.compare_b.currentData() == timeline_module.COMPARE_LIVE
+
+    panel.set_compare_steps(0, None)
+    assert panel.compare_box.isChecked() and panel.compare_body.isVisible()
+    qtbot.waitUntil(lambda: panel.comparison() is not None and not panel.is_comparing(), timeout=10_000)
+    prompt = session.prompt
+    result = panel.comparison()
+    assert result.text == prompt
+    at_0 = load_predictor(trained, registry, "cpu", step=0).next_token(prompt).probs
+    live = session.predictor(fresh=False).next_token(prompt).probs
+    assert len(result.rows) >= timeline_module.COMPARE_K  # the union of two top-8 lists
+    view = panel.compare_view
+    shown = view.row_values()
+    assert len(shown) == len(result.rows)
+    for row, cells in zip(result.rows, shown):
+        np.testing.assert_allclose(row.p_a, at_0[row.token_id], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(row.p_b, live[row.token_id], rtol=1e-6, atol=1e-9)
+        assert cells[1] == f"{row.p_a:.4f}" and cells[2] == f"{row.p_b:.4f}" and cells[3] == f"{row.change:+.4f}"
+    expected = compare_moments(load_predictor(trained, registry, "cpu", step=0), session.predictor(fresh=False),
+                               prompt)
+    assert view.kl_label.text() == format_kl(expected.kl_ab) and expected.kl_ab > 0
+    assert [s.token.id for s in result.surprise_a] == [t.id for t in session.predictor().tokens(prompt)]
+    assert [view.chips_a.chip_text(i) for i in range(len(view.chips_a.tokens()))] == \
+        [visible_text(s.token.text) for s in result.surprise_a]
+    assert "step 0" in view.name_a.text() and "live" in view.name_b.text()
+
+    # the same moment twice: nothing changed
+    panel.set_compare_steps(steps[1], steps[1])
+    qtbot.waitUntil(lambda: not panel.is_comparing() and panel.comparison() is not None
+                    and panel.comparison().kl_ab == 0.0, timeout=10_000)
+    assert view.kl_label.text() == format_kl(0.0)
+
+    # a new prompt is compared again
+    session.set_prompt("the dog")
+    qtbot.waitUntil(lambda: not panel.is_comparing() and panel.comparison() is not None
+                    and panel.comparison().text == "the dog", timeout=10_000)
+
+
+def test_compare_without_a_run_says_what_is_missing(qtbot, session, events):
+    panel = make_panel(qtbot, session, events)
+    panel.compare_box.setChecked(True)
+    assert panel.comparison() is None
+    assert panel.compare_view.message_label.text() == NO_MODEL_HINT

@@ -11,6 +11,12 @@ token absent from a record's top list is drawn as a gap (its probability there i
 The slider runs over the steps whose weights the run kept (:meth:`Session.viewable_steps`), with
 "live" at its right end: moving it calls :meth:`Session.set_view_step`, and every panel that asks
 the model follows ``view_step_changed``. The timeline is read again at most once a second.
+
+Under the chart, the collapsible "Compare two moments" box puts two of those steps (or "live") side
+by side on the session's prompt (:func:`~lmstudio_app.inference.compare.compare_moments`): how the
+probability of each top candidate changed, KL(A ‖ B) of the two next-token distributions, and the
+prompt's per-token surprise under each. It asks again when the prompt, the chosen steps or the
+model change (with the timeline's once-a-second reads while training).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from PySide6.QtGui import QMouseEvent, QShowEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -37,11 +44,15 @@ from PySide6.QtWidgets import (
 )
 
 from lmstudio_app.errors import LMStudioError
+from lmstudio_app.inference.compare import MomentComparison, compare_moments
+from lmstudio_app.inference.predictor import Predictor
 from lmstudio_app.runs.timeline import Timeline
 from lmstudio_app.session import Session
 
 from .. import theme
 from ..events import AppEvents
+from ..queries import NO_MODEL_HINT, LatestQuery
+from ..widgets.moment_compare import MomentCompareView
 from ..widgets.token_chips import visible_text
 
 MAX_TOKENS = 6  # candidate curves drawn per prompt
@@ -49,6 +60,8 @@ REFRESH_INTERVAL_MS = 1000  # the timeline is read again at most this often
 PLAY_INTERVAL_MS = 700  # one kept step per tick while playing
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _MAX_LABEL_CHARS = 16
+COMPARE_K = 8  # top candidates of each moment in the comparison table
+COMPARE_LIVE = -1  # the compare combos' item data for "live"
 
 NO_RUN_MESSAGE = "No timeline yet: start training (step 0 is recorded before the first update)."
 NOT_YET_MESSAGE = ("No timeline yet: the watched prompts are recorded at step 0 and at each evaluation; "
@@ -59,6 +72,9 @@ NO_RECORDS_MESSAGE = "This run recorded no timeline (it stopped before its first
 PROB_TOOLTIP = ("Probability of this prompt's top candidates at each recorded step (step 0 and each "
                 "evaluation).\nA gap means the token was not among the top candidates recorded at that step: "
                 "its probability there was lower, but is unknown — it is not 0.")
+COMPARE_TOOLTIP = ("Two moments of the model side by side on the current prompt (the Predictions panel's): "
+                   "how each top candidate's probability changed, the KL divergence between the two "
+                   "next-token predictions, and how surprising each token of the prompt was to each.")
 INFO_TOOLTIP = ("Entropy of the next-token prediction (nats) and, for a corpus whose true odds are known, "
                 "the KL divergence from them (nats; 0 = the model knows the grammar exactly).")
 
@@ -205,10 +221,13 @@ class TimelinePanel(QWidget):
         footer.addWidget(self.live_button)
         footer.addWidget(self.step_label)
 
+        self._build_compare_box()
+
         layout = QVBoxLayout(self)
         layout.addLayout(header)
         layout.addWidget(self.message_label, 1)
         layout.addWidget(self.chart, 1)
+        layout.addWidget(self.compare_box)
         layout.addLayout(footer)
 
         self._play_timer = QTimer(self, interval=PLAY_INTERVAL_MS)
@@ -218,6 +237,7 @@ class TimelinePanel(QWidget):
         for signal in (events.model_updated, events.model_changed, events.run_loaded, events.run_state_changed):
             signal.connect(self.schedule_refresh)
         events.view_step_changed.connect(self._on_view_step_changed)
+        events.prompt_changed.connect(lambda _text: self.compare())
         self.refresh()
 
     # ----- public API ----------------------------------------------------------------------
@@ -247,6 +267,8 @@ class TimelinePanel(QWidget):
         self._fill_prompts()
         self._update_slider()
         self._draw()
+        self._fill_compare_steps()
+        self.compare()
 
     def prompt_index(self) -> int:
         return self.prompt_combo.currentIndex()
@@ -292,6 +314,8 @@ class TimelinePanel(QWidget):
         super().showEvent(event)
         if self._dirty:
             self.schedule_refresh()
+        elif self._compare_pending:
+            self.compare()
 
     def _fill_prompts(self) -> None:
         prompts = self.timeline.prompts if self.timeline is not None else []
@@ -453,6 +477,8 @@ class TimelinePanel(QWidget):
         self.slider.blockSignals(False)
         self.live_button.setEnabled(step is not None)
         self._update_label()
+        if COMPARE_LIVE in (self.compare_a.currentData(), self.compare_b.currentData()):
+            self.compare()  # what "live" can be compared on depends on the viewed step
 
     def _on_play(self, playing: bool) -> None:
         self.play_button.setText("Pause" if playing else "Play")
@@ -468,3 +494,127 @@ class TimelinePanel(QWidget):
             self.play_button.setChecked(False)
             return
         self.slider.setValue(self.slider.value() + 1)
+
+    # ----- comparing two moments -----------------------------------------------------------
+
+    def _build_compare_box(self) -> None:
+        self._compare_pending = False
+        self.compare_box = QGroupBox("Compare two moments")
+        self.compare_box.setToolTip(COMPARE_TOOLTIP)
+        self.compare_box.setCheckable(True)  # the check box folds it: the chart keeps the room
+        self.compare_box.setChecked(False)
+        self.compare_a, self.compare_b = QComboBox(), QComboBox()
+        self.compare_a.setToolTip("Moment A: a kept step, or the live model")
+        self.compare_b.setToolTip("Moment B: a kept step, or the live model")
+        for combo in (self.compare_a, self.compare_b):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+            combo.currentIndexChanged.connect(lambda _i: self.compare())
+        self.compare_prompt = QLabel()
+        self.compare_prompt.setToolTip("The prompt compared: edit it in the Predictions panel")
+        self.compare_view = MomentCompareView()
+        row = QHBoxLayout()
+        row.addWidget(QLabel("A"))
+        row.addWidget(self.compare_a)
+        row.addWidget(QLabel("vs B"))
+        row.addWidget(self.compare_b)
+        row.addWidget(self.compare_prompt, 1)
+        self.compare_body = QWidget()
+        body = QVBoxLayout(self.compare_body)
+        body.setContentsMargins(0, 0, 0, 0)
+        body.addLayout(row)
+        body.addWidget(self.compare_view)
+        box = QVBoxLayout(self.compare_box)
+        box.addWidget(self.compare_body)
+        self.compare_body.setVisible(False)
+        self.compare_box.toggled.connect(self._on_compare_toggled)
+        self._compare_query = LatestQuery(self)
+        self._compare_query.answered.connect(self._on_compared)
+        self._compare_query.failed.connect(
+            lambda exc, _details: self.compare_view.show_message(f"Could not compare: {exc}", error=True))
+
+    def set_compare_steps(self, a: int | None, b: int | None) -> None:
+        """Compare the model at kept step ``a`` with the one at ``b`` (None: live); opens the box."""
+        for combo, step in ((self.compare_a, a), (self.compare_b, b)):
+            index = combo.findData(COMPARE_LIVE if step is None else step)
+            if index < 0:
+                raise ValueError(f"step {step}: not one of the kept steps")
+            combo.blockSignals(True)
+            combo.setCurrentIndex(index)
+            combo.blockSignals(False)
+        if self.compare_box.isChecked():
+            self.compare()
+        else:
+            self.compare_box.setChecked(True)  # compares
+
+    def comparison(self) -> MomentComparison | None:
+        """The comparison shown (None while there is none)."""
+        return self.compare_view.comparison
+
+    def is_comparing(self) -> bool:
+        return self._compare_query.is_busy()
+
+    def _on_compare_toggled(self, on: bool) -> None:
+        self.compare_body.setVisible(on)
+        if on:
+            self.compare()
+
+    def _fill_compare_steps(self) -> None:
+        items = [(f"step {s:,}", s) for s in self.steps] + [("live", COMPARE_LIVE)]
+        for combo, fallback in ((self.compare_a, self.steps[0] if self.steps else COMPARE_LIVE),
+                                (self.compare_b, COMPARE_LIVE)):
+            current = [combo.itemData(i) for i in range(combo.count())]
+            if current == [data for _text, data in items]:
+                continue
+            previous = combo.currentData() if combo.count() > 1 else fallback
+            combo.blockSignals(True)
+            combo.clear()
+            for text, data in items:
+                combo.addItem(text, data)
+            index = combo.findData(previous)
+            combo.setCurrentIndex(index if index >= 0 else combo.findData(fallback))
+            combo.blockSignals(False)
+
+    def _moment_name(self, step: int) -> str:
+        return f"step {step:,}" if step != COMPARE_LIVE else f"live, step {self.latest_step():,}"
+
+    def compare(self) -> None:
+        """Compare the two chosen moments on the session's prompt again (in the background)."""
+        if not self.compare_box.isChecked():
+            return
+        if not self.isVisible():  # another tab: when shown again
+            self._compare_pending = True
+            return
+        self._compare_pending = False
+        session, text = self.session, self.session.prompt
+        self.compare_prompt.setText(f"prompt: {_label(text)}" if text else "")
+        if self.compare_a.count() == 0 or not session.has_model():
+            self._compare_query.cancel()
+            self.compare_view.show_message(NO_MODEL_HINT)
+            return
+        if not text:
+            self._compare_query.cancel()
+            self.compare_view.show_message("Type a prompt in the Predictions panel to compare the moments on it.")
+            return
+        a, b = int(self.compare_a.currentData()), int(self.compare_b.currentData())
+        names = [self._moment_name(a), self._moment_name(b)]
+
+        def at(step: int) -> Predictor | None:  # the session loads (and keeps a few of) the kept steps
+            return session.predictor_at(None if step == COMPARE_LIVE else step, fresh=False)
+
+        def job() -> tuple[MomentComparison | str, list[str]]:
+            try:
+                pa, pb = at(a), at(b)
+                if pa is None or pb is None:
+                    return NO_MODEL_HINT, names
+                return compare_moments(pa, pb, text, k=COMPARE_K), names
+            except LMStudioError as exc:  # unreadable weights, an empty prompt, a plugin's failure
+                return str(exc), names
+
+        self._compare_query.request(job)
+
+    def _on_compared(self, answer: tuple[MomentComparison | str, list[str]]) -> None:
+        result, (name_a, name_b) = answer
+        if isinstance(result, str):
+            self.compare_view.show_message(result, error=result != NO_MODEL_HINT)
+        else:
+            self.compare_view.show_comparison(result, name_a, name_b)
