@@ -61,7 +61,6 @@ class MainWindow(QMainWindow):
         self.setDockNestingEnabled(True)
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks
                             | QMainWindow.DockOption.AllowNestedDocks)
-        self.resize(1400, 900)
 
         self.docks: dict[str, QDockWidget] = {}
         self.panels: dict[str, QWidget] = {}
@@ -79,6 +78,7 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.docks["predictions"], self.docks["pipeline"])  # a laptop screen is short
         self.tabifyDockWidget(self.docks["pipeline"], self.docks["timeline"])
         self.docks["predictions"].raise_()
+        self.resize(1400, 900)
         self.data_panel: DataPanel = self.panels["data"]  # type: ignore[assignment]
         self.training_panel: TrainingPanel = self.panels["training"]  # type: ignore[assignment]
         self._default_state = self.saveState(STATE_VERSION)
@@ -262,6 +262,9 @@ class MainWindow(QMainWindow):
             self._sized_once = True
             gc_guard.freeze_long_lived()  # the window and its panels live as long as the app
             if not self._layout_restored:
+                # Again now that the layout is active: the docks, added one below the other before
+                # they were tabbed, had grown the window past the screen.
+                self.resize(1400, 900)
                 self._apply_default_sizes()
 
     # ---- status bar --------------------------------------------------------------------------

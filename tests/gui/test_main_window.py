@@ -260,3 +260,8 @@ def test_garbage_cycles_are_collected_in_the_gui_thread_only(qtbot, main_window)
     assert freed_in == []  # not collected in the worker...
     qtbot.waitUntil(lambda: bool(freed_in), timeout=WAIT_MS)
     assert freed_in == [threading.main_thread().name]  # ... but by the GUI thread's timer
+
+
+def test_the_first_window_is_no_taller_than_its_docks_need(qtbot, main_window):
+    """Docks added one below the other before they are tabbed must not leave the window grown."""
+    assert main_window.height() <= max(900, main_window.minimumSizeHint().height())
