@@ -46,7 +46,7 @@ def one_run(registry: PluginRegistry, steps: int, recording: bool, folder: Path)
 
     watch.Watcher.record = timed_record  # type: ignore[method-assign]
     if not recording:
-        watch.Watcher.due = lambda self, step: False  # type: ignore[method-assign]
+        watch.Watcher.due = lambda self, step, kept=False: False  # type: ignore[method-assign]
     try:
         trainer = Trainer(config, registry, folder)
         last = None

@@ -35,7 +35,7 @@ def test_a_run_records_its_prompts_at_step_0_and_every_evaluation(home, registry
     val_text = trainer.tokenizer.decode(trainer.corpus.val.tolist())
     assert all(p + t in val_text for p, t in zip(saved.prompts, saved.targets))
     records = run.timeline.read()
-    assert [r["step"] for r in records] == [0, 6, 12]  # eval_interval 6, max_steps 12
+    assert [r["step"] for r in records] == [0, 6, 10, 12]  # evaluations every 6 steps, weights kept at 10
     # The last record is what the final model says (probabilities, entropy, the true token's p and rank).
     predictor = trainer.predictor()
     for prompt, target, entry in zip(saved.prompts, saved.targets, records[-1]["prompts"]):
@@ -66,7 +66,7 @@ def test_configured_prompts_are_watched_and_a_resume_continues_the_timeline(home
     for _ in resumed.steps():
         pass
     steps = [r["step"] for r in run.timeline.read()]
-    assert steps == [0, 6, 12, 18, 24]
+    assert steps == [0, 6, 10, 12, 18, 20, 24]
     assert run.load_config().watch.prompts == ["the cat sat on the", "the dog"]
 
 
@@ -142,6 +142,8 @@ def test_on_the_demo_grammar_the_demo_prompts_are_watched_against_the_truth(home
         assert entry["kl_to_truth"] == pytest.approx(expected, rel=1e-6)
     # The mean over the prompts is also in the evaluation's metrics, for the loss plot.
     by_step = {r["step"]: r for r in run.read_metrics() if "val_loss" in r}
-    for record in records[1:]:
+    evaluated = [r for r in records if r["step"] in by_step]
+    assert len(evaluated) == len(by_step)  # every evaluation has its record, also one at a kept step
+    for record in evaluated:
         assert by_step[record["step"]]["kl_to_truth"] == pytest.approx(record["kl_to_truth"])
     assert records[-1]["kl_to_truth"] < records[0]["kl_to_truth"]  # it learned the grammar's odds

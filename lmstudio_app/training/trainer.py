@@ -125,6 +125,7 @@ class Trainer:
         if prepared.resumed:
             self._restore_latest()  # also drops timeline records past the checkpoint
         self.truth = prepared.truth
+        self._last_watched: tuple[int, float | None] | None = None  # (step, mean KL) of the last record
         watched = self.run_dir.timeline if self.run_dir is not None and self._main else None
         self.watcher = Watcher(prompts_of(self.config.watch), self.tokenizer, self.config.watch.top_k, self.truth,
                                watched)
@@ -322,18 +323,26 @@ class Trainer:
             self._elapsed_offset, self._active_since = self._elapsed(), None
 
     def _snapshot(self) -> None:
-        """Keep the weights at the log-spaced steps of :func:`~lmstudio_app.runs.snapshots.is_snapshot_step`."""
+        """Keep the weights at the log-spaced steps of :func:`~lmstudio_app.runs.snapshots.is_snapshot_step`,
+        and record the watched prompts there too: the timeline then shows the early steps, where
+        the predictions form, and every kept step has its record."""
         if self._main and self.run_dir is not None and is_snapshot_step(self.step):
             save_snapshot(self.run_dir, self.step, self.model)
+            if self.step > 0:
+                self._watch(kept=True)
 
-    def _watch(self) -> float | None:
-        """Record the watched prompts' predictions now (rank 0, if this evaluation is one to
-        record); the mean KL divergence from the truth, where the corpus has one."""
-        if not self._main or not self.watcher.prompts or not self.watcher.due(self.step):
+    def _watch(self, kept: bool = False) -> float | None:
+        """Record the watched prompts' predictions now (rank 0, if this evaluation, or this kept
+        step, is one to record); the mean KL divergence from the truth, where the corpus has one."""
+        if not self._main or not self.watcher.prompts:
             return None
+        if not self.watcher.due(self.step, kept):  # an evaluation at a kept step: recorded just now
+            last = self._last_watched
+            return last[1] if last is not None and last[0] == self.step else None
         with self.lock:
             record = self.watcher.record(self.step, self.predictor())
-        return record.get("kl_to_truth")
+        self._last_watched = (self.step, record.get("kl_to_truth"))
+        return self._last_watched[1]
 
     def _stop_before_step(self) -> bool:
         """Whether to stop before the next step; while paused it waits here (not counted as training)."""

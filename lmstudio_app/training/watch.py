@@ -1,6 +1,7 @@
 """Watching a model learn: a few prompts' predictions, recorded by the engine as it trains.
 
-At step 0 (before any update) and at every evaluation the trainer asks the live model about each
+At step 0 (before any update), at every evaluation and at each step whose weights the run keeps
+(10, 20, 50, 100, …: see :mod:`lmstudio_app.runs.snapshots`) the trainer asks the live model about each
 watched prompt (``[watch] prompts`` in the run's config) and appends one record to the run
 folder's ``timeline.jsonl``: for each prompt the top candidates with their probabilities, the
 entropy, the probability and rank of the token that really follows (for a prompt taken from the
@@ -106,10 +107,11 @@ class Watcher:
         whole = self.tokenizer.encode(prompt.text + prompt.target)
         return whole[-1] if len(whole) == len(head) + 1 and whole[: len(head)] == head else None
 
-    def due(self, step: int) -> bool:
-        """Whether this evaluation is one to record (step 0 always, once)."""
-        if step == 0:
-            return 0 not in self.recorded_steps
+    def due(self, step: int, kept: bool = False) -> bool:
+        """Whether this evaluation is one to record. Step 0 always, once; so is a step whose
+        weights the run keeps (``kept``: the early, log-spaced snapshots, where most happens)."""
+        if step == 0 or kept:
+            return step not in self.recorded_steps
         self._evaluations += 1
         return self._evaluations % self.every == 0 and step not in self.recorded_steps
 

@@ -128,6 +128,9 @@ class _JumpSlider(QSlider):
         super().mousePressEvent(event)
 
 
+_LOG_TICKS = [m * 10 ** e for e in range(0, 8) for m in (1, 2, 5)]  # 1, 2, 5, 10, 20, 50, ...
+
+
 class TimelinePanel(QWidget):
     """The watched prompts' predictions over training, and the step the app shows the model at."""
 
@@ -326,7 +329,7 @@ class TimelinePanel(QWidget):
         self.prompt_combo.blockSignals(True)
         self.prompt_combo.clear()
         for prompt in prompts:
-            self.prompt_combo.addItem(visible_text(prompt), prompt)
+            self.prompt_combo.addItem(repr(prompt.replace("\n", "⏎")), prompt)  # quoted: end spaces show
         self.prompt_combo.setCurrentIndex(prompts.index(previous) if previous in prompts else (0 if prompts else -1))
         self.prompt_combo.blockSignals(False)
 
@@ -365,10 +368,14 @@ class TimelinePanel(QWidget):
         return x + 1 if self.log_x.isChecked() else x
 
     def _set_axis_labels(self) -> None:
-        label = "training step + 1 (log scale)" if self.log_x.isChecked() else "training step"
-        self.info_plot.setLabel("bottom", label)
+        log = self.log_x.isChecked()
+        self.info_plot.setLabel("bottom", "training step + 1 (log scale)" if log else "training step")
+        # pyqtgraph labels a log axis's minor ticks too, and they run into each other: plain
+        # 1-2-5 ticks per decade instead (positions in log10 units, as the axis draws them).
+        ticks = [[(math.log10(v), f"{v:,}") for v in _LOG_TICKS], []] if log else None
         for plot in (self.prob_plot, self.info_plot):
-            plot.setLogMode(x=self.log_x.isChecked(), y=False)
+            plot.setLogMode(x=log, y=False)
+            plot.getAxis("bottom").setTicks(ticks)
 
     def _draw(self) -> None:
         timeline = self.timeline
