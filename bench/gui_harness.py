@@ -153,7 +153,10 @@ class TrainingThreadClock:
 
     def install(self) -> TrainingThreadClock:
         """Wrap ``Trainer.steps`` (every trainer made from now on in this process)."""
-        from lmstudio_app.training.trainer import Trainer
+        try:
+            from lmstudio_app.training.trainer import Trainer
+        except ImportError:  # a copy from before the packages (``--impl``): one flat training.py
+            from lmstudio_app.training import Trainer  # type: ignore[attr-defined,no-redef]
 
         original = Trainer.steps
         clock = self
