@@ -20,13 +20,10 @@ import gc
 import random
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,33 +34,10 @@ from lmstudio_app.errors import Cancelled
 from lmstudio_app.params import build_params
 from lmstudio_app.registry import PluginRegistry
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory import RssSampler
+
 MB = 1 << 20
-
-
-class RssSampler:
-    """Peak resident set size of this process, sampled on a background thread."""
-
-    def __init__(self, interval_s: float = 0.02) -> None:
-        self._process = psutil.Process()
-        self._interval = interval_s
-        self.peak = self.now()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def now(self) -> int:
-        return int(self._process.memory_info().rss)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, self.now())
-
-    def reset(self) -> None:
-        self.peak = self.now()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def write_corpus(path: Path, size_mb: float, seed: int = 0) -> int:

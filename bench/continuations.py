@@ -38,7 +38,6 @@ import gc
 import json
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -54,36 +53,10 @@ sys.path.insert(0, str(ROOT))
 from lmstudio_app.data.continuations import ContinuationIndex
 from lmstudio_app.errors import Cancelled
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory import RssSampler
+
 MB = 1 << 20
-
-
-class RssSampler:
-    """Peak resident set size of this process, sampled on a background thread."""
-
-    def __init__(self, interval_s: float = 0.02) -> None:
-        self._process = psutil.Process()
-        self._interval = interval_s
-        self.peak = self.now()
-        self._lock = threading.Lock()  # so a reset is never overwritten by a sample taken before it
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def now(self) -> int:
-        return int(self._process.memory_info().rss)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            with self._lock:
-                self.peak = max(self.peak, self.now())
-
-    def reset(self) -> None:
-        with self._lock:
-            self.peak = self.now()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def sentence_tokens(size_mb: float, seed: int = 0) -> np.ndarray:

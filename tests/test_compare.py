@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tokenizers import Regex, decoders, models, pre_tokenizers
-from tokenizers import Tokenizer as HFTokenizer
 from torch import nn
 
 from lmstudio_app.errors import ParamError
@@ -17,15 +15,13 @@ from lmstudio_app.inference.predictor import EmptyPromptError, Predictor
 from lmstudio_app.inference.truth import kl
 from lmstudio_app.model_api import LanguageModel
 from lmstudio_app.tokenizer import Tokenizer
+from tests.test_inference import make_char_tokenizer
 
 VOCAB = ["<unk>", "a", "b", "c"]  # ids 0..3
 
 
 def char_tokenizer() -> Tokenizer:
-    hf = HFTokenizer(models.WordLevel({s: i for i, s in enumerate(VOCAB)}, unk_token="<unk>"))
-    hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
-    hf.decoder = decoders.Fuse()
-    return Tokenizer(hf, kind="char")
+    return make_char_tokenizer(VOCAB)
 
 
 class LogTable(LanguageModel):

@@ -22,8 +22,9 @@ from lmstudio_app.tokenizer import Tokenizer
 VOCAB = ["<unk>", "\n", "a", "b", "c", " ", "d", "e"]
 
 
-def make_char_tokenizer() -> Tokenizer:
-    hf = HFTokenizer(models.WordLevel({s: i for i, s in enumerate(VOCAB)}, unk_token="<unk>"))
+def make_char_tokenizer(vocab: list[str] = VOCAB) -> Tokenizer:
+    """One token per character of ``vocab`` (its first entry the unknown token)."""
+    hf = HFTokenizer(models.WordLevel({s: i for i, s in enumerate(vocab)}, unk_token="<unk>"))
     hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
     hf.decoder = decoders.Fuse()
     return Tokenizer(hf, kind="char")
