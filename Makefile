@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean install-desktop uninstall-desktop
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,3 +30,23 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The app in the desktop's menu: a .desktop entry and the icon, for this user (no root needed).
+# EXEC is the command the entry runs: this checkout's venv by default; after `pipx install .`
+# use `make install-desktop EXEC=lmstudio`.
+XDG_DATA_HOME ?= $(HOME)/.local/share
+DESKTOP_DIR ?= $(XDG_DATA_HOME)/applications
+ICON_DIR ?= $(XDG_DATA_HOME)/icons/hicolor
+EXEC ?= $(abspath $(BIN))/lmstudio
+
+install-desktop:
+	mkdir -p "$(DESKTOP_DIR)" "$(ICON_DIR)/scalable/apps" "$(ICON_DIR)/256x256/apps"
+	cp resources/lmstudio.svg "$(ICON_DIR)/scalable/apps/lmstudio.svg"
+	cp resources/lmstudio.png "$(ICON_DIR)/256x256/apps/lmstudio.png"
+	sed 's|^Exec=lmstudio|Exec=$(EXEC)|; s|^TryExec=lmstudio|TryExec=$(EXEC)|' packaging/lmstudio.desktop > "$(DESKTOP_DIR)/lmstudio.desktop"
+	-update-desktop-database "$(DESKTOP_DIR)" 2>/dev/null
+	-gtk-update-icon-cache -q -t "$(ICON_DIR)" 2>/dev/null
+	@echo "installed $(DESKTOP_DIR)/lmstudio.desktop (runs $(EXEC))"
+
+uninstall-desktop:
+	rm -f "$(DESKTOP_DIR)/lmstudio.desktop" "$(ICON_DIR)/scalable/apps/lmstudio.svg" "$(ICON_DIR)/256x256/apps/lmstudio.png"

@@ -3,7 +3,9 @@
 Opens the main window on the bundled demo corpus with settings that train in about a minute on
 a CPU, so the first launch is one click away from watching a model learn. With
 ``LMSTUDIO_PLUGINS=none`` (safe mode) no third-party plugin is even imported and a banner across
-the top of the window says so; plugins that failed to load are named in the status bar.
+the top of the window says so; plugins that failed to load are named in the status bar. The
+first start shows the first-run guide (``LMSTUDIO_GUIDE=0`` skips it) and the View › Theme
+choice is applied before the window is built.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..registry import PluginRegistry, safe_mode_active
 from ..resources import resource_path
 from ..session import Session
 from ..settings import disabled_plugins
-from . import dialogs, gc_guard, qt_refcounts, theme
+from . import dialogs, gc_guard, guide, qt_refcounts, theme
 from .plugins_dialog import safe_mode_banner
 
 if TYPE_CHECKING:
@@ -53,10 +55,13 @@ def create_application(argv: Sequence[str]) -> QApplication:
     QCoreApplication.setApplicationName(APP_NAME)
     QCoreApplication.setOrganizationName(ORGANIZATION)
     QCoreApplication.setApplicationVersion(__version__)
-    icon_path = resource_path("icon.png")
+    QGuiApplication.setDesktopFileName("lmstudio")  # packaging/lmstudio.desktop: Wayland's icon and grouping
+    icon_path = resource_path("lmstudio.png")
     if icon_path.exists():
         app.setWindowIcon(QIcon(str(icon_path)))
     theme.apply_theme()
+    if (choice := theme.theme_choice()) != "system":  # View › Theme, remembered
+        theme.set_theme(choice, save=False)
     return app  # type: ignore[return-value]
 
 
@@ -111,6 +116,8 @@ def main(argv: Sequence[str] | None = None, plugins_dirs: Sequence[str] = ()) ->
         dialogs.show_exception(None, exc)
         hook.uninstall()
         return 1
+    if guide.should_show_on_start():  # here, not in MainWindow: tests and scripts get no guide
+        QTimer.singleShot(0, lambda: guide.show_guide(window))
     # Ctrl+C / SIGTERM in the terminal close the window properly (training stops, checkpoint
     # saved). Python only runs signal handlers between bytecodes, so a timer wakes it up.
     previous = {sig: signal.signal(sig, lambda *_: window.close()) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -1,5 +1,6 @@
 """The error dialog (one line for the person, the traceback behind "Details"), the About box,
-a yes/no question, and the exception hook that turns any uncaught error into a dialog.
+a yes/no question, the encoding question (a combo box of encodings), a path to copy, and the
+exception hook that turns any uncaught error into a dialog.
 
 Every modal here goes through ``exec()`` on an instance (never the static helpers such as
 ``QMessageBox.question``), so tests can replace ``exec`` and never block on a modal.
@@ -7,6 +8,8 @@ Every modal here goes through ``exec()`` on an instance (never the static helper
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 import threading
 import traceback
@@ -18,10 +21,13 @@ from PySide6 import __version__ as pyside_version
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
+    QComboBox,
     QDialog,
     QDialogButtonBox,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
@@ -69,7 +75,7 @@ class ErrorDialog(QDialog):
         self.details_box = QPlainTextEdit(details)
         self.details_box.setReadOnly(True)
         self.details_box.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.details_box.setMinimumHeight(180)
+        self.details_box.setMinimumHeight(self.fontMetrics().height() * 10)  # in lines: the same at any DPI
         self.details_box.hide()
 
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok)
@@ -88,7 +94,7 @@ class ErrorDialog(QDialog):
         layout.addLayout(top)
         layout.addWidget(self.details_box)
         layout.addWidget(buttons)
-        self.setMinimumWidth(440)
+        self.setMinimumWidth(self.fontMetrics().height() * 26)
 
 
 def show_error(parent: QWidget | None, message: str, details: str = "") -> None:
@@ -109,6 +115,103 @@ def ask_yes_no(parent: QWidget | None, title: str, text: str, details: str = "")
     if details:
         box.setDetailedText(details)
     return QMessageBox.StandardButton(box.exec()) == QMessageBox.StandardButton.Yes
+
+
+# Offered when a file is not UTF-8 (editable: any Python codec name works).
+COMMON_ENCODINGS = ("utf-8", "latin-1", "cp1252", "utf-16", "utf-16-le", "utf-16-be", "iso-8859-15", "cp1251",
+                    "koi8-r", "shift_jis", "euc-jp", "gb18030", "big5", "euc-kr", "mac-roman", "cp437")
+
+
+def encoding_box(parent: QWidget | None, message: str, suggested: str) -> QMessageBox:
+    """The question "read the file(s) as …?" with the encoding in an editable combo (``encodingCombo``).
+
+    A plain QMessageBox with the combo added under its text (so tests answer it like any other).
+    """
+    box = QMessageBox(QMessageBox.Icon.Question, "Not UTF-8", "",
+                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, parent)
+    combo = QComboBox(box)
+    combo.setObjectName("encodingCombo")
+    combo.setEditable(True)  # any codec Python knows, not only the listed ones
+    combo.addItems([suggested, *(name for name in COMMON_ENCODINGS if name != suggested)])
+    combo.setCurrentIndex(0)
+
+    def update_text(name: str) -> None:
+        box.setText(f"{message}\n\nRead the file(s) as {name.strip() or '…'}?")
+
+    combo.currentTextChanged.connect(update_text)
+    box.button(QMessageBox.StandardButton.Yes).setText("Read")
+    box.button(QMessageBox.StandardButton.No).setText("Cancel")
+    box.setDefaultButton(QMessageBox.StandardButton.Yes)
+    row = QWidget(box)
+    row_layout = QHBoxLayout(row)
+    row_layout.setContentsMargins(0, 0, 0, 0)
+    row_layout.addWidget(QLabel("Encoding:"))
+    row_layout.addWidget(combo, 1)
+    grid = box.layout()
+    if isinstance(grid, QGridLayout):  # under the text, the buttons moved below it
+        below = grid.rowCount()
+        grid.addWidget(row, below, 1, 1, max(grid.columnCount() - 1, 1))
+        buttons = box.findChild(QDialogButtonBox)
+        if buttons is not None:
+            grid.addWidget(buttons, below + 1, 0, 1, grid.columnCount())
+    update_text(suggested)
+    return box
+
+
+def ask_encoding(parent: QWidget | None, message: str, suggested: str) -> str | None:
+    """The encoding the person chose to read a file that is not UTF-8 (``suggested`` first), or None."""
+    box = encoding_box(parent, message, suggested)
+    if QMessageBox.StandardButton(box.exec()) != QMessageBox.StandardButton.Yes:
+        return None
+    combo = box.findChild(QComboBox, "encodingCombo")
+    return combo.currentText().strip() or None if combo is not None else suggested
+
+
+class PathDialog(QDialog):
+    """A message and a path to copy, for when the file manager cannot be opened."""
+
+    def __init__(self, parent: QWidget | None, message: str, path: str) -> None:
+        super().__init__(parent)
+        self.message, self.details = message, path
+        self.setWindowTitle("lmstudio")
+        self.setObjectName("pathDialog")
+        text = QLabel(message)
+        text.setWordWrap(True)
+        self.path_edit = QLineEdit(path)
+        self.path_edit.setObjectName("pathEdit")
+        self.path_edit.setReadOnly(True)
+        self.path_edit.selectAll()
+        self.path_edit.setMinimumWidth(self.fontMetrics().horizontalAdvance(path) + self.fontMetrics().height() * 2)
+        copy = QPushButton("Copy path")
+        copy.setObjectName("copyPathButton")
+        copy.clicked.connect(lambda: QGuiApplication.clipboard().setText(path))
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok)
+        buttons.addButton(copy, QDialogButtonBox.ButtonRole.ActionRole)
+        buttons.accepted.connect(self.accept)
+        layout = QVBoxLayout(self)
+        layout.addWidget(text)
+        layout.addWidget(self.path_edit)
+        layout.addWidget(buttons)
+
+
+def show_path(parent: QWidget | None, message: str, path: str) -> None:
+    PathDialog(parent, message, path).exec()
+
+
+def file_manager_available() -> bool:
+    """False where opening a folder is known to do nothing: Linux with xdg-open but no folder handler.
+
+    (Qt's ``openUrl`` returns False by itself when there is no launcher at all; with xdg-open it
+    returns True even when xdg-open then finds nothing to open folders with.)
+    """
+    if not sys.platform.startswith("linux") or shutil.which("xdg-mime") is None:
+        return True
+    try:
+        done = subprocess.run(["xdg-mime", "query", "default", "inode/directory"], capture_output=True,
+                              text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return True  # cannot tell: trust openUrl
+    return bool(done.stdout.strip())
 
 
 def show_about(parent: QWidget | None, device: str = "") -> None:

@@ -12,6 +12,7 @@ from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices, QFontDatabase
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QDialog,
     QDialogButtonBox,
     QHeaderView,
@@ -27,6 +28,7 @@ from PySide6.QtWidgets import (
 from ..registry import BUILTIN_PLUGIN, PluginRegistry, safe_mode_active
 from ..settings import disabled_plugins, set_disabled_plugins, user_plugin_dir
 from ..specs import PluginInfo
+from . import dialogs
 
 COLUMNS = ("Enabled", "Name", "Version", "Source", "Provides", "Status")
 _BANNER_STYLE = "background: #fff3cd; color: #664d03; padding: 6px; border-radius: 4px;"
@@ -48,7 +50,9 @@ def open_plugin_folder() -> Path:
     """Create the user plugin folder if needed and show it in the file manager."""
     folder = user_plugin_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+    if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder))) or not dialogs.file_manager_available():
+        dialogs.show_path(QApplication.activeWindow(), "No file manager could open the plugin folder: "
+                          "drop plugin files (.py) into this folder.", str(folder))
     return folder
 
 
