@@ -11,37 +11,49 @@ A broken plugin never takes the app down. pluggy's own entry-point loader lets i
 escape and one raising hook implementation aborts the whole hook call, so this module imports
 every plugin itself and calls the hooks one implementation at a time, recording each failure
 as a :class:`~lmstudio_app.specs.PluginError` for the plugins dialog and ``lmstudio plugins``.
-Strict mode (``LMSTUDIO_STRICT_PLUGINS=1``) re-raises the first failure instead, for authors.
+A plugin that hangs is a failure too: each import and hook of a third-party plugin runs on a
+daemon thread and is skipped after ``LMSTUDIO_PLUGIN_TIMEOUT`` seconds without progress
+(:func:`import_timeout_s`). Strict mode (``LMSTUDIO_STRICT_PLUGINS=1``) re-raises the first
+failure instead, for authors.
 
 Calling a plugin's code later (building a tokenizer or a model, a forward pass) goes through
-:func:`plugin_call`, so an exception from it names the plugin instead of escaping as a traceback;
-:meth:`PluginRegistry.build_tokenizer` and :meth:`PluginRegistry.build_model` also check what the
-factory returned, and :meth:`PluginRegistry.truth_for` what each ``recognises`` answered.
+:func:`plugin_call` (or :func:`plugin_exits`), so anything it raises names the plugin instead of
+escaping as a traceback: ``sys.exit()`` and a KeyboardInterrupt raised by code too, while the
+person's Ctrl-C passes (:func:`is_user_interrupt`). :meth:`PluginRegistry.build_tokenizer` and
+:meth:`PluginRegistry.build_model` also check what the factory returned,
+:func:`check_model_output` and :func:`checked_forward` what a model's forward answers (shape
+``(B, T, V)``, floating, causal), and :meth:`PluginRegistry.truth_for` what each ``recognises``
+answered.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import itertools
 import os
 import re
+import signal
 import sys
+import threading
+import time
 import traceback
+import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pluggy
 
 from . import hookspecs
-from .errors import ConfigError, LMStudioError, PluginCallError
-from .settings import user_plugin_dir
+from .errors import ConfigError, LMStudioError, PluginCallError, TrainingError
+from .settings import load_settings, user_plugin_dir
 from .specs import CorpusReaderSpec, ModelSpec, PluginError, PluginInfo, TokenizerSpec, TruthSpec
 from .tokenizer import Tokenizer
 
@@ -72,20 +84,131 @@ _KIND_ALIASES = {
 _LABELS = {kind: label for _, kind, label, _ in _HOOKS}
 
 
+def is_user_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is the person's Ctrl-C rather than plugin code raising KeyboardInterrupt.
+
+    A signal handler runs in the main thread only, so a KeyboardInterrupt anywhere else came
+    from code. In the main thread, a SIGINT handler written in Python (the CLI installs one, see
+    :func:`user_interrupts_marked`; ``lmstudio train`` its own) shows up in the traceback as the
+    innermost frames: the interrupt is the person's when that handler's frame is there. Under
+    Python's default handler the two cannot be told apart, and a real Ctrl-C must always work.
+    """
+    if not isinstance(exc, KeyboardInterrupt):
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    handler = signal.getsignal(signal.SIGINT)
+    code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+    if code is None:  # the default (C) handler, or one we cannot see into: trust it
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # what Python's default handler does, but visible in the traceback
+
+
+@contextmanager
+def user_interrupts_marked() -> Iterator[None]:
+    """Install a Python SIGINT handler (in the main thread) so that :func:`is_user_interrupt` can
+    tell the person's Ctrl-C from a plugin raising KeyboardInterrupt; the previous one comes back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:  # someone else chose (SIG_IGN, a custom handler)
+        yield
+        return
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# What the backends' runtime errors say when a peer is gone (training/distributed.py knows the same)
+_DIST_MESSAGES = re.compile(r"gloo|nccl|processgroup|c10d|connection (closed|reset) by peer|broken pipe",
+                            re.IGNORECASE)
+
+
+def is_distributed_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the data-parallel communication (another rank died or stalled),
+    not from a plugin's code: torch.distributed's own errors, or a backend's runtime error while a
+    process group is up."""
+    torch = sys.modules.get("torch")  # never import torch here: listing plugins must stay fast
+    if torch is None or not isinstance(exc, RuntimeError):
+        return False
+    dist = getattr(torch, "distributed", None)
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return False
+    return isinstance(exc, dist.DistError) or bool(_DIST_MESSAGES.search(str(exc)))
+
+
+def plugin_failure(owner: str, what: str, exc: BaseException) -> LMStudioError:
+    """The error to raise for ``exc`` escaping plugin code while doing ``what``.
+
+    Normally a :class:`PluginCallError` naming ``owner``: *any* BaseException (``sys.exit()``, a
+    KeyboardInterrupt raised by code, a native library's ``PanicException``) is the plugin's
+    error. A failure of the data-parallel communication is not the plugin's: a
+    :class:`TrainingError` that says another rank stopped. (Callers pass the person's own Ctrl-C
+    and :class:`LMStudioError` through before asking: see :func:`reraise_plugin_failure`.)
+    """
+    if is_distributed_failure(exc):
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return TrainingError(  # no plugin named: the error is not in its code (see distributed.rank_failure)
+            f"another rank stopped or stopped responding during {what} ({type(exc).__name__}: {first}); "
+            "the communication between the data-parallel ranks failed, not the model"
+        )
+    return PluginCallError(owner, what, exc)
+
+
+def reraise_plugin_failure(owner: str, what: str, exc: BaseException) -> NoReturn:
+    """Raise what ``exc`` from plugin code means; call it from an ``except`` clause.
+
+    The person's Ctrl-C (:func:`is_user_interrupt`), ``GeneratorExit`` (a generator being closed)
+    and :class:`LMStudioError` (it already explains itself) are raised again unchanged;
+    everything else becomes :func:`plugin_failure`.
+    """
+    if isinstance(exc, (LMStudioError, GeneratorExit)) or is_user_interrupt(exc):
+        raise exc
+    raise plugin_failure(owner, what, exc) from exc
+
+
 @contextmanager
 def plugin_call(owner: str, what: str) -> Iterator[None]:
-    """Run plugin code: an exception from it becomes a :class:`PluginCallError` naming ``owner``.
+    """Run plugin code: anything it raises becomes a :class:`PluginCallError` naming ``owner``.
 
-    ``what`` says what the plugin was doing ("building model 'gpt'"). An :class:`LMStudioError`
-    passes through unchanged (the plugin, or the core it called, already explains itself), and so
-    do exceptions that are not an ``Exception`` (KeyboardInterrupt, SystemExit, GeneratorExit).
+    ``what`` says what the plugin was doing ("building model 'gpt'"). Not only ``Exception``:
+    ``sys.exit()``, a KeyboardInterrupt raised by code and a native library's panic are the
+    plugin's errors too (they used to end training with exit code 0 and no message, or read as
+    the user's Ctrl-C). Passed through unchanged: an :class:`LMStudioError` (the plugin, or the
+    core it called, already explains itself), the person's own Ctrl-C and ``GeneratorExit``.
     """
     try:
         yield
-    except LMStudioError:
+    except BaseException as exc:
+        reraise_plugin_failure(owner, what, exc)
+
+
+@contextmanager
+def plugin_exits(owner: str, what: str) -> Iterator[None]:
+    """Like :func:`plugin_call` for the BaseExceptions that are not an ``Exception`` only.
+
+    For callers that handle plugin code's ordinary exceptions themselves (out of memory retried
+    in the training step, a corpus reader's error naming the file) but must not let
+    ``sys.exit()`` or a KeyboardInterrupt raised by the plugin end the process or read as Ctrl-C.
+    """
+    try:
+        yield
+    except Exception:
         raise
-    except Exception as exc:
-        raise PluginCallError(owner, what, exc) from exc
+    except BaseException as exc:
+        reraise_plugin_failure(owner, what, exc)
 
 
 def build_model_from_spec(spec: ModelSpec, owner: str, params: Any, vocab_size: int) -> LanguageModel:
@@ -101,6 +224,256 @@ def build_model_from_spec(spec: ModelSpec, owner: str, params: Any, vocab_size: 
         if not isinstance(model, nn.Module) or int(getattr(model, "context_length", 0) or 0) < 1:
             raise TypeError(f"build() returned {type(model).__name__}, not a LanguageModel with a context_length")
     return model
+
+
+# ---- checking a model's output ------------------------------------------------------------
+
+_CHECK_TOKENS = 32  # the longest sequence of the one-off check: cheap for any model
+_CAUSAL_RTOL = 1e-4  # of the logits' magnitude: float noise between batch rows is far below
+_checked_models: weakref.WeakSet[Any] = weakref.WeakSet()  # models whose output was checked once
+
+
+class ModelOutputError(PluginCallError):
+    """A model's forward returned something that is not ``(batch, time, vocab_size)`` floating
+    logits, or let a position see later tokens; the message names the plugin."""
+
+    def __init__(self, plugin: str | None, problem: str, when: str) -> None:
+        LMStudioError.__init__(self, f"{_who(plugin)}: {problem} ({when})")
+        self.plugin = plugin or ""
+        self.original = ValueError(problem)
+
+
+def _who(plugin: str | None) -> str:
+    return f"plugin {plugin!r}" if plugin else "the model"
+
+
+def _output_problem(logits: Any, idx_shape: tuple[int, ...], vocab_size: int) -> str | None:
+    """What is wrong with ``forward``'s return value for token IDs of ``idx_shape`` (None: fine)."""
+    import torch  # lazy: listing plugins must not import torch
+
+    if not isinstance(logits, torch.Tensor):
+        return f"its model's forward() returned {type(logits).__name__}, not a tensor of logits"
+    expected = (*idx_shape, vocab_size)
+    if tuple(logits.shape) != expected:
+        got = tuple(logits.shape)
+        hint = ""
+        if len(got) == 3 and got[:2] == expected[1::-1] and got[2] == vocab_size:
+            hint = ": batch and time are swapped"
+        elif len(got) == 3 and got[:2] == expected[:2]:
+            hint = f": {got[2]} scores per position but the tokenizer has {vocab_size} token IDs"
+        return (
+            f"its model's forward() returned logits of shape {got} for token IDs of shape {tuple(idx_shape)}; "
+            f"expected {expected} = (batch, time, vocab_size){hint}"
+        )
+    if not logits.is_floating_point():
+        return f"its model's forward() returned logits of dtype {logits.dtype}; expected a floating-point dtype"
+    return None
+
+
+def _with_probes(idx: Any, vocab_size: int) -> tuple[Any, list[tuple[int, int]]]:
+    """``idx`` (B, T) plus copies of its first row with one token changed (the last, the middle):
+    the rows to run, and (row, position) pairs whose logits before ``position`` must equal row 0's.
+    A row is added when the batch would have as many rows as positions, which would hide swapped
+    axes."""
+    import torch
+
+    base = idx[0]
+    steps = int(idx.shape[1])
+    rows, changed = [idx], []
+    if vocab_size > 1 and steps > 1:
+        for position in sorted({steps - 1, steps // 2}):
+            row = base.clone()
+            row[position] = (row[position] + 1) % vocab_size
+            changed.append((int(idx.shape[0]) + len(rows) - 1, position))
+            rows.append(row.unsqueeze(0))
+    if sum(int(r.shape[0]) for r in rows) == steps:
+        rows.append(base.unsqueeze(0))
+    return torch.cat(rows), changed
+
+
+def _causality_problem(logits: Any, changed: list[tuple[int, int]]) -> str | None:
+    logits = logits.detach().float()
+    tolerance = _CAUSAL_RTOL * (1.0 + (float(logits.abs().max()) if logits.numel() else 0.0))
+    for row, position in changed:
+        moved = (logits[row, :position] - logits[0, :position]).abs().amax(dim=-1)
+        if moved.numel() and float(moved.max()) > tolerance:
+            earliest = int((moved > tolerance).nonzero()[0])
+            return (
+                f"its model is not causal: the logits at position {earliest} changed when only the token "
+                f"at position {position} did, so it trains on the tokens it should predict "
+                "(mask attention to later positions)"
+            )
+    return None
+
+
+def _probed_forward(model: Any, idx: Any, owner: str | None, vocab_size: int, when: str) -> Any:
+    """``model(idx)`` in one forward pass that also checks the answer (shape, dtype, causality)."""
+    batch, changed = _with_probes(idx, vocab_size)
+    with plugin_exits(owner or "the model", f"checking its model's output ({when})"):
+        logits = model(batch)
+    problem = _output_problem(logits, tuple(batch.shape), vocab_size) or _causality_problem(logits, changed)
+    if problem is not None:
+        raise ModelOutputError(owner, problem, when)
+    if changed:  # causality was checked too (not on a single token): no need to look again
+        _checked_models.add(model)
+    return logits[: idx.shape[0]]
+
+
+def check_model_output(model: Any, owner: str | None, vocab_size: int, when: str) -> None:
+    """Check once per model object that its forward gives ``(B, T, vocab_size)`` floating logits
+    and that no position sees a later token; :class:`ModelOutputError` naming ``owner`` if not.
+
+    One forward pass on three short random sequences, in eval mode without gradients and without
+    touching the global random streams (a resumed run must see the same batches): the second
+    differs from the first only in its last token, the third in its middle one, so the logits
+    before that position must be the same. Cheap (``_CHECK_TOKENS`` tokens): it runs before the
+    first training step. An exception from the model is left to the first step to report.
+    """
+    import torch  # lazy: listing plugins must not import torch
+
+    if model in _checked_models:
+        return
+    context = int(getattr(model, "context_length", 0) or 0)
+    steps = max(1, min(context, _CHECK_TOKENS))
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    generator = torch.Generator().manual_seed(20240607)
+    idx = torch.randint(vocab_size, (1, steps), generator=generator).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _probed_forward(model, idx, owner, vocab_size, when)
+    except ModelOutputError:
+        raise
+    except Exception:  # the model's own failure: the training step names it, with its usual wording
+        return
+    finally:
+        model.train(was_training)
+
+
+def checked_forward(model: Any, idx: Any, owner: str | None, vocab_size: int) -> Any:
+    """``model(idx)``, checked: the shape and dtype of every answer (free), and causality in the
+    first answer of each model (the same forward pass, with two more rows); ``sys.exit()`` or a
+    KeyboardInterrupt from the model's code is the plugin's error (:func:`plugin_exits`)."""
+    if model not in _checked_models and idx.dim() == 2 and idx.shape[0] >= 1:
+        return _probed_forward(model, idx, owner, vocab_size, "its first prediction")
+    with plugin_exits(owner or "the model", "running the model on a prompt"):
+        logits = model(idx)
+    problem = _output_problem(logits, tuple(idx.shape), vocab_size)
+    if problem is not None:
+        raise ModelOutputError(owner, problem, "predicting")
+    return logits
+
+
+# ---- bounded loading -----------------------------------------------------------------------
+
+TIMEOUT_ENV = "LMSTUDIO_PLUGIN_TIMEOUT"  # seconds a plugin may import without progress; 0 = no limit
+TIMEOUT_SETTING = "plugin_import_timeout_s"  # the same in settings.json (the environment wins)
+DEFAULT_IMPORT_TIMEOUT_S = 5.0
+_HARD_LIMIT_FACTOR = 12  # an import that keeps importing modules is still given up after this many timeouts
+_POLL_S = 0.05
+
+
+class PluginTimeout(Exception):
+    """A plugin's import (or hook) was still running after the limit; it is skipped."""
+
+    def __init__(self, message: str, stack: str) -> None:
+        super().__init__(message)
+        self.stack = stack  # where the stuck thread was, for ``lmstudio plugins --verbose``
+
+
+def import_timeout_s() -> tuple[float, str | None]:
+    """The import limit in seconds (0: none) and, for a malformed setting, the problem (the
+    default is used then: a typo in a setting must not stop the app from starting)."""
+    raw: Any = os.environ.get(TIMEOUT_ENV)
+    where = TIMEOUT_ENV
+    if raw is None or not str(raw).strip():
+        raw, where = load_settings().get(TIMEOUT_SETTING), f"settings.json {TIMEOUT_SETTING}"
+        if raw is None:
+            return DEFAULT_IMPORT_TIMEOUT_S, None
+    try:
+        value = float(raw)
+        if isinstance(raw, bool) or not value >= 0 or value == float("inf"):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        return DEFAULT_IMPORT_TIMEOUT_S, (
+            f"{where}: {str(raw)[:40]!r} is not a number of seconds >= 0; "
+            f"using {DEFAULT_IMPORT_TIMEOUT_S:g} s"
+        )
+    return value, None
+
+
+def _position(frame: Any) -> tuple[str, int, str]:
+    return frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name
+
+
+def _loading(position: tuple[str, int, str]) -> bool:
+    """Whether a thread stands in the import machinery itself, loading a module (a C extension's
+    initialisation runs there, for seconds in torch's case), rather than waiting for a lock."""
+    filename, _, name = position
+    return filename.startswith("<frozen importlib") and "lock" not in name and name != "acquire"
+
+
+def _run_bounded(function: Callable[[], Any], timeout: float, doing: str, name: str) -> tuple[bool, Any]:
+    """``(True, function())``, or ``(False, what it raised)``, run on a daemon thread;
+    ``(False, PluginTimeout)`` when it has made no progress for ``timeout`` seconds.
+
+    Progress: a module was imported (by anyone: a plugin waiting for another thread's import of
+    torch waits on progress), or the thread stands at a line it never stood at before, or in the
+    import machinery loading a module (a C extension's initialisation runs there, for seconds in
+    torch's case). One that sleeps, loops, or waits on a socket keeps coming back to the same few
+    lines. Whatever it does, it is given up after ``_HARD_LIMIT_FACTOR`` times the limit. A thread
+    that never finishes is left behind: it is a daemon (the process can still exit) and holds
+    only the import lock of the module it is stuck in, which nothing else imports. The person's
+    Ctrl-C while waiting is raised as usual; anything the plugin raised, KeyboardInterrupt and
+    SystemExit included, is returned (with ``timeout`` 0, run in this thread, the same holds).
+    """
+    if timeout <= 0:
+        try:
+            return True, function()
+        except BaseException as exc:
+            if is_user_interrupt(exc):
+                raise
+            return False, exc
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # a thread's KeyboardInterrupt is never the person's Ctrl-C
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"lmstudio plugin {name}", daemon=True)
+    started = last_progress = time.monotonic()
+    seen: set[tuple[str, int, str]] = set()
+    modules = len(sys.modules)
+    thread.start()
+    while True:
+        thread.join(_POLL_S)
+        if not thread.is_alive():
+            break
+        now = time.monotonic()
+        if len(sys.modules) != modules:
+            modules, last_progress = len(sys.modules), now
+        frame = sys._current_frames().get(thread.ident or -1)
+        if frame is not None:
+            position = _position(frame)
+            if position not in seen or _loading(position):
+                seen.add(position)
+                last_progress = now
+        del frame  # a frame kept across polls would keep the stuck thread's locals alive
+        if now - last_progress >= timeout or now - started >= timeout * _HARD_LIMIT_FACTOR:
+            frame = sys._current_frames().get(thread.ident or -1)
+            stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
+            return False, PluginTimeout(
+                f"still {doing} after {now - started:.0f} s; skipped (limit {timeout:g} s without progress: "
+                f"{TIMEOUT_ENV} or {TIMEOUT_SETTING} in settings.json)",
+                stack,
+            )
+    if "error" in outcome:
+        return False, outcome["error"]
+    return True, outcome["value"]
 
 
 def safe_mode_active() -> bool:
@@ -231,6 +604,7 @@ class PluginRegistry:
         self._extensions: dict[str, CorpusReaderSpec] = {}
         self._seen_paths: set[Path] = set()
         self._ids = itertools.count(2)  # suffixes for repeated plugin names
+        self._timeout = 0.0  # seconds a plugin may import without progress (discover() sets it)
 
     @classmethod
     def discover(
@@ -241,9 +615,20 @@ class PluginRegistry:
         use_user_dir: bool = True,
         disabled: Collection[str] = (),
         strict: bool | None = None,
+        import_timeout: float | None = None,
     ) -> PluginRegistry:
-        """Find and load plugins; ``strict=None`` reads ``LMSTUDIO_STRICT_PLUGINS``."""
+        """Find and load plugins; ``strict=None`` reads ``LMSTUDIO_STRICT_PLUGINS``.
+
+        Each plugin's import and each of its hooks runs with a limit (``import_timeout`` seconds
+        without progress; None reads :func:`import_timeout_s`, 0 means none): one still running
+        then is recorded as failed ("still importing after 5 s") and skipped, and the rest load.
+        """
         registry = cls(strict=_strict_from_env() if strict is None else strict)
+        if import_timeout is None:
+            import_timeout, problem = import_timeout_s()
+            if problem is not None:
+                registry.errors.append(PluginError("settings", "settings", problem, ""))
+        registry._timeout = import_timeout
         allowed = _allowed_third_party()
         switched_off = set(disabled) - {BUILTIN_PLUGIN}
 
@@ -297,13 +682,18 @@ class PluginRegistry:
             info.enabled = False
             self.plugins.append(info)
             return
-        try:
-            plugin = load()
-        except (Exception, SystemExit) as exc:
+        # SystemExit or KeyboardInterrupt at import is the plugin's failure, as is hanging there.
+        # The built-in plugin is part of the app: never cut off (on a busy machine its first
+        # import of torch could look stuck, and without it nothing trains).
+        loaded, plugin = _run_bounded(load, self._limit_for(info), "importing", info.name)
+        if not loaded:
             self.plugins.append(info)
-            self._record(info, exc)
+            self._record(info, plugin)
             return
         self._add(plugin, info)
+
+    def _limit_for(self, info: PluginInfo) -> float:
+        return 0.0 if info.source == "built-in" else self._timeout
 
     def register_module(self, module: ModuleType, name: str, source: str) -> None:
         """Add an already-imported module (or any object with hook functions) as a plugin."""
@@ -345,10 +735,10 @@ class PluginRegistry:
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
                 if impl.plugin is not plugin:
                     continue
-                try:
-                    result = impl.function()
-                except (Exception, SystemExit) as exc:
-                    self._record(info, exc)
+                called, result = _run_bounded(impl.function, self._limit_for(info), f"running {hook_name}()",
+                                              info.name)
+                if not called:
+                    self._record(info, result)
                     continue
                 where = _hook_location(impl.function)
                 for spec in self._valid_specs(info, where, hook_name, result, spec_type):
@@ -397,8 +787,10 @@ class PluginRegistry:
 
     def _record(self, info: PluginInfo, exc: BaseException, where: str | None = None) -> None:
         """Remember a plugin failure; in strict mode raise it instead of carrying on."""
-        message = _one_line(exc)
-        if exc.__traceback__ is None:  # found by the registry, not raised: point at the hook
+        message = str(exc) if isinstance(exc, PluginTimeout) else _one_line(exc)
+        if isinstance(exc, PluginTimeout):
+            trace = f"Traceback (where it was still running):\n{exc.stack}{message}\n"
+        elif exc.__traceback__ is None:  # found by the registry, not raised: point at the hook
             trace = f"Traceback (hook implementation):\n{where or ''}{message}\n"
         else:
             trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -450,7 +842,20 @@ class PluginRegistry:
         return None
 
     def readers_by_extension(self) -> dict[str, Callable[[Path], str]]:
-        return {ext: spec.read for ext, spec in self._extensions.items()}
+        """Each extension's read function; ``sys.exit()`` or a KeyboardInterrupt from one raises
+        :class:`PluginCallError` naming the plugin (its other exceptions are left to the caller,
+        which names the file)."""
+        return {ext: self._guarded_reader(spec) for ext, spec in self._extensions.items()}
+
+    def _guarded_reader(self, spec: CorpusReaderSpec) -> Callable[[Path], str]:
+        owner = self.owner("corpus_readers", spec.name)
+
+        @functools.wraps(spec.read)
+        def read(path: Path) -> str:
+            with plugin_exits(owner, f"reading {path} with corpus reader {spec.name!r}"):
+                return spec.read(path)
+
+        return read
 
     def truth_for(self, text: str) -> TruthSpec | None:
         """The truth whose ``recognises`` says it generated the corpus ``text``, or None.

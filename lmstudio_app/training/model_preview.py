@@ -22,6 +22,7 @@ from .. import devices
 from ..config import TrainConfig
 from ..registry import build_model_from_spec, plugin_call
 from ..specs import ModelSpec
+from .model_checks import activation_bytes, available_memory, optimizer_state_bytes
 from .optimizers import build_optimizers
 from .preparation import micro_batch_size
 
@@ -47,6 +48,14 @@ class ModelPreview:
     seconds_per_step: float | None  # None when the throughput could not be measured
     device: str
     step_time_measured: bool = False  # True: real steps were timed; False: estimated from matmul speed
+    available_bytes: int | None = None  # the memory training may use on the device (None: unknown)
+
+    @property
+    def fits(self) -> bool | None:
+        """Whether ``memory_bytes`` fits in ``available_bytes``; None when that is unknown. On a CPU
+        training refuses a run that does not fit (model_checks.check_memory); on CUDA it may still
+        run with smaller micro-batches."""
+        return None if self.available_bytes is None else self.memory_bytes <= self.available_bytes
 
 
 def cached_matmul_flops(device: torch.device, dtype: torch.dtype | None = None) -> float:
@@ -109,8 +118,8 @@ def preview_model(spec: ModelSpec, model_params: Any, vocab_size: int, train: Tr
     device = devices.resolve_device(train.device)
     autocast = devices.autocast_dtype(device, train.dtype)
     activation_scale = 0.5 if autocast in (torch.bfloat16, torch.float16) else 1.0
-    activations = _activation_bytes(model, micro_batch_size(train), context, vocab_size) * activation_scale
-    memory = parameters * 8 + _optimizer_state_bytes(model, train.optimizer) + int(activations)
+    activations = activation_bytes(model, micro_batch_size(train), context, vocab_size) * activation_scale
+    memory = parameters * 8 + optimizer_state_bytes(model, train.optimizer) + int(activations)
     seconds = None
     measured = False
     if measure_speed:
@@ -130,40 +139,5 @@ def preview_model(spec: ModelSpec, model_params: Any, vocab_size: int, train: Tr
         seconds_per_step=seconds,
         device=devices.describe_device(device, devices.training_threads(train.threads)),
         step_time_measured=measured,
+        available_bytes=available[0] if (available := available_memory(device)) is not None else None,
     )
-
-
-def _optimizer_state_bytes(model: torch.nn.Module, optimizer: str) -> int:
-    """AdamW keeps two fp32 moments per weight; Muon keeps one momentum for matrices."""
-    roles: dict[str, str] = model.param_roles() if hasattr(model, "param_roles") else {}
-    total = 0
-    for name, p in model.named_parameters():
-        if name not in roles and roles:
-            continue  # a tied weight, counted under its first name
-        states = 1 if optimizer == "muon" and roles.get(name) == "matrix" else 2
-        total += p.numel() * 4 * states
-    return total
-
-
-def _activation_bytes(model: torch.nn.Module, batch: int, context: int, vocab_size: int) -> float:
-    """Bytes autograd saves for one micro-batch, from a forward pass on the meta device."""
-    param_ids = {id(p) for p in model.parameters()}
-    seen: set[int] = set()
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        base = t._base if t._base is not None else t
-        if id(t) not in seen and id(base) not in param_ids:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-        return t
-
-    try:
-        idx = torch.zeros((batch, context), dtype=torch.long, device="meta")
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            logits = model(idx)
-            torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten())
-        return float(total)
-    except Exception:
-        return float(batch * context * vocab_size * 4 * 3)
