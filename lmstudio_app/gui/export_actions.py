@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PySide6.QtGui import QFontDatabase, QGuiApplication
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QFontDatabase, QGuiApplication, QImage, QPainter, QResizeEvent
 from PySide6.QtWidgets import (
+    QApplication,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
@@ -37,6 +39,7 @@ from ..training.distributed import torchrun_command
 from .widgets.loss_plot import LossPlot
 
 DEFAULT_SETUP_NAME = "lmstudio-run.toml"
+EXPORT_WIDTH, EXPORT_HEIGHT = 1600, 900  # the exported picture, pixels (readable in a paper or a slide)
 
 
 def plot_records(plot: LossPlot) -> list[dict[str, float]]:
@@ -136,6 +139,13 @@ class ExportActions:
             return None
         return write_metrics_csv(run_records(self.session, self.plot), path)
 
+    def has_curves(self) -> bool:
+        """Whether there is a loss curve to export (what the Export entries are enabled by)."""
+        if self.plot.train.size or self.plot.val.size:
+            return True
+        folder = self.session.run_folder()
+        return folder is not None and (folder.path / "metrics.jsonl").is_file()
+
     def export_png(self) -> Path | None:
         if self.plot.train.size == 0 and self.plot.val.size == 0:
             raise ExportError("no loss curve yet: train a run before exporting its picture")
@@ -143,7 +153,7 @@ class ExportActions:
         if path is None:
             return None
         self.plot.redraw()  # the points that arrived since the last timer tick
-        if not self.plot.plot_widget.grab().save(str(path), "PNG"):
+        if not render_plot(self.plot).save(str(path), "PNG"):
             raise ExportError(f"{path}: cannot write the PNG file")
         return path
 
@@ -166,6 +176,39 @@ class ExportActions:
         path = Path(chosen)
         suffix = Path(name).suffix
         return path if path.suffix else path.with_suffix(suffix)
+
+
+def render_plot(plot: LossPlot, width: int = EXPORT_WIDTH, height: int = EXPORT_HEIGHT) -> QImage:
+    """The plot rendered at export time at ``width`` × ``height`` pixels, whatever its size on
+    screen (a docked plot can be a few hundred pixels wide): the view is laid out again at that
+    size (ticks, labels and legend placed for it, not scaled up), rendered, and put back."""
+    widget = plot.plot_widget
+    size = widget.size()
+    image = QImage(width, height, QImage.Format.Format_ARGB32)
+    image.fill(widget.backgroundBrush().color())
+    widget.resize(width, height)
+    try:
+        _lay_out(widget)
+        plot.redraw()
+        painter = QPainter(image)
+        try:
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+            widget.render(painter)
+        finally:
+            painter.end()
+    finally:
+        widget.resize(size)
+        _lay_out(widget)
+    return image
+
+
+def _lay_out(widget: QWidget) -> None:
+    """Apply a new size now: a hidden widget's resize event and the plot's layout wait for the
+    event loop otherwise."""
+    if widget.testAttribute(Qt.WidgetAttribute.WA_PendingResizeEvent) or not widget.isVisible():
+        QApplication.sendEvent(widget, QResizeEvent(widget.size(), widget.size()))
+    widget.getPlotItem().layout.activate()
+    widget.getPlotItem().vb.updateViewRange()
 
 
 def _default_nproc() -> int:

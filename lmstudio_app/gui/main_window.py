@@ -10,9 +10,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, Qt, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QShowEvent
-from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QMenu, QWidget
+from PySide6.QtCore import QByteArray, QEvent, QObject, QSize, Qt, QTimer
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDropEvent,
+    QGuiApplication,
+    QKeyEvent,
+    QKeySequence,
+    QResizeEvent,
+    QShowEvent,
+)
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QFileDialog,
+    QFrame,
+    QLabel,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QScrollArea,
+    QWidget,
+)
 
 from ..config import save_config
 from ..devices import describe_device, resolve_device, training_threads
@@ -25,7 +45,9 @@ from ..training.controller import RunState
 from . import dialogs, gc_guard
 from .events import AppEvents
 from .export_actions import ExportActions
+from .help_menu import install as install_help
 from .panels.data import DataPanel
+from .panels.inside import InsidePanel
 from .panels.model import ModelPanel
 from .panels.pipeline import PipelineView
 from .panels.predictions import PredictionsPanel
@@ -36,7 +58,8 @@ from .plugins_dialog import PluginsDialog, open_plugin_folder
 from .widgets.training_progress import STATUS_INTERVAL_MS
 from .worker import run_in_thread
 
-STATE_VERSION = 2  # bump when the set of docks changes, so an old saved layout is ignored
+DEFAULT_SIZE = (1400, 900)  # the first window, where the screen allows
+STATE_VERSION = 3  # bump when the set of docks changes, so an old saved layout is ignored
 GEOMETRY_KEY, STATE_KEY = "window_geometry", "window_state"
 # (key, title, panel class, dock area, shortcut to toggle it)
 DOCKS: tuple[tuple[str, str, type, Qt.DockWidgetArea, str], ...] = (
@@ -47,7 +70,54 @@ DOCKS: tuple[tuple[str, str, type, Qt.DockWidgetArea, str], ...] = (
     ("predictions", "Predictions", PredictionsPanel, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+5"),
     ("pipeline", "Pipeline", PipelineView, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+6"),
     ("timeline", "Timeline", TimelinePanel, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+7"),
+    ("inside", "Inside", InsidePanel, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+8"),
 )
+
+
+def _scrolled(panel: QWidget) -> QScrollArea:
+    return PanelScroll(panel)
+
+
+class PanelScroll(QScrollArea):
+    """A panel in a scroll area without a frame: a short screen scrolls a panel down instead of
+    making the window taller than the screen (the docks' minimum heights add up).
+
+    The panel fills the view and is only made taller (never wider) than it when its minimum
+    needs more. QScrollArea's own resizing would size a panel holding a height-for-width widget
+    (token chips) to its preferred height instead, and scroll where everything fits.
+    """
+
+    def __init__(self, panel: QWidget) -> None:
+        super().__init__()
+        self.setObjectName(f"{panel.objectName() or type(panel).__name__}Scroll")
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setWidgetResizable(False)
+        # Only ever scrolled down: the dock keeps the panel's own minimum width (side by side the
+        # panels fit a 1366 px screen), so nothing is cut off or scrolled sideways.
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(panel)
+        self.setMinimumWidth(panel.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width())
+        panel.installEventFilter(self)
+        self.viewport().installEventFilter(self)
+
+    def fit(self) -> None:
+        panel = self.widget()
+        if panel is None:
+            return
+        view = self.viewport().size()
+        size = QSize(view.width(), max(view.height(), panel.minimumSizeHint().height()))
+        if panel.size() != size:
+            panel.resize(size)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if (watched is self.viewport() and event.type() == QEvent.Type.Resize) or (
+                watched is self.widget() and event.type() == QEvent.Type.LayoutRequest):
+            self.fit()  # the view changed size, or the panel's minimum may have
+        return False
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self.fit()
 
 
 class MainWindow(QMainWindow):
@@ -68,7 +138,7 @@ class MainWindow(QMainWindow):
             panel = panel_cls(session, self.events)
             dock = QDockWidget(title, self)
             dock.setObjectName(f"{key}Dock")  # saveState/restoreState match docks by objectName
-            dock.setWidget(panel)
+            dock.setWidget(_scrolled(panel))
             self.addDockWidget(area, dock)
             self.docks[key], self.panels[key] = dock, panel
         self.tabifyDockWidget(self.docks["data"], self.docks["tokenizer"])
@@ -77,15 +147,20 @@ class MainWindow(QMainWindow):
         self.splitDockWidget(self.docks["training"], self.docks["predictions"], Qt.Orientation.Vertical)
         self.tabifyDockWidget(self.docks["predictions"], self.docks["pipeline"])  # a laptop screen is short
         self.tabifyDockWidget(self.docks["pipeline"], self.docks["timeline"])
+        self.tabifyDockWidget(self.docks["timeline"], self.docks["inside"])
         self.docks["predictions"].raise_()
-        self.resize(1400, 900)
+        self.resize(self._default_size())
         self.data_panel: DataPanel = self.panels["data"]  # type: ignore[assignment]
         self.training_panel: TrainingPanel = self.panels["training"]  # type: ignore[assignment]
         self._default_state = self.saveState(STATE_VERSION)
 
         self.exports = ExportActions(self, session, self.training_panel.loss_plot)
+        # Start refuses what a form shows as invalid: the session still holds the last valid value.
+        for key in ("tokenizer", "model"):
+            self.training_panel.start_checks.append(lambda key=key: self._form_problem(key))
         self._build_status_bar()
         self._build_menus()
+        install_help(self)  # Help's guides, View › Theme, each dock's "?" (gui/help_menu.py)
         self.events.error.connect(lambda message, details: dialogs.show_error(self, message, details))
         self.events.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
         self.events.training_step.connect(self._on_training_step)
@@ -93,12 +168,18 @@ class MainWindow(QMainWindow):
         self.events.training_finished.connect(self._on_training_finished)
         self.events.run_state_changed.connect(self._update_actions)
         self.events.run_loaded.connect(self._on_run_loaded)
+        self.events.run_state_changed.connect(self._on_run_state)
+        self.training_panel.loss_plot.has_data_changed.connect(self._update_exports)
         self.events.train_config_changed.connect(self._update_device_label)
         self.events.corpus_changed.connect(self._update_title)
         self.panels["model"].preview_ready.connect(
             lambda preview: self.params_label.setText(f"{preview.parameters:,} parameters"))
+        model_panel = self.panels["model"]
+        for changed in (model_panel.preview_ready, self.events.train_config_changed):  # after the panel's own slot
+            changed.connect(lambda *_: self.training_panel.show_estimate(model_panel.total_time_label.text()))
         self._update_title()
         self._update_actions()
+        self._update_exports()
         self._sized_once = False
         self._layout_restored = self.restore_layout()
 
@@ -128,6 +209,7 @@ class MainWindow(QMainWindow):
         self._action(file_menu, "&Save config as…", self.save_config_as, "Ctrl+Shift+S")
         self._action(file_menu, "&Load preset…", self.load_preset_file)
         export_menu = file_menu.addMenu("&Export")
+        export_menu.setToolTipsVisible(True)  # a disabled export says why
         self.export_csv_action = self._action(export_menu, "Loss curves as &CSV…", self.exports.export_csv)
         self.export_png_action = self._action(export_menu, "Loss curves as &PNG…", self.exports.export_png)
         self._action(export_menu, "&Setup as config + torchrun command…", self.exports.export_setup)
@@ -137,7 +219,9 @@ class MainWindow(QMainWindow):
         panel = self.training_panel
         training = bar.addMenu("&Training")
         self.start_action = self._action(training, "&Start", panel.start_training, "Ctrl+R")
-        self.pause_action = self._action(training, "&Pause / resume", panel.toggle_pause, ["Ctrl+P", "Space"])
+        # Space also pauses, but as a key the focused widget did not use (keyPressEvent), never
+        # as a shortcut: a shortcut would take it from a table, a button or a check box first.
+        self.pause_action = self._action(training, "&Pause / resume   (Space)", panel.toggle_pause, "Ctrl+P")
         self.stop_action = self._action(training, "S&top", panel.stop_training, "Ctrl+.")
         training.addSeparator()
         self.save_checkpoint_action = self._action(training, "Save &checkpoint", panel.save_checkpoint, "Ctrl+S")
@@ -201,6 +285,28 @@ class MainWindow(QMainWindow):
 
     def _on_run_loaded(self, run_dir: Path) -> None:
         self.statusBar().showMessage(f"Loaded run {run_dir.name}: probe it in the Predictions panel", 8000)
+        self._latest_step = None
+        self._status_timer.stop()
+        progress = self.training_panel.progress
+        self.step_label.setText(f"{run_dir.name}: step {progress.value():,} / {progress.maximum():,}")
+        self.speed_label.setText("")
+        self._update_title()
+        self._update_exports()
+
+    def _form_problem(self, key: str) -> str | None:
+        """What the model's or tokenizer's form shows as invalid (None: nothing)."""
+        form = getattr(self.panels[key], "form", None)
+        error = form.error() if form is not None else None
+        return f"{error} (fix it in the {key.capitalize()} panel)" if error else None
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        """Space pauses or resumes: only when no focused widget took the key for itself."""
+        if (event.key() == Qt.Key.Key_Space and event.modifiers() == Qt.KeyboardModifier.NoModifier
+                and self.pause_action.isEnabled()):
+            self.pause_action.trigger()
+            event.accept()
+            return
+        super().keyPressEvent(event)
 
     def save_config_as(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save config", "config.toml", "TOML (*.toml)")
@@ -253,8 +359,26 @@ class MainWindow(QMainWindow):
         horizontal, vertical = Qt.Orientation.Horizontal, Qt.Orientation.Vertical
         self.resizeDocks([self.docks["data"], self.docks["training"]], [width * 34 // 100, width * 66 // 100],
                          horizontal)
-        self.resizeDocks([self.docks["training"], self.docks["predictions"]],
-                         [height * 55 // 100, height * 45 // 100], vertical)
+        # Each of the two gets what its panel needs without scrolling where the window is tall
+        # enough, the room left over mostly to the loss plot; a short window shares the shortfall.
+        docks = (self.docks["training"], self.docks["predictions"])
+        total = sum(dock.height() for dock in docks) or height
+        needs = [self.panels[key].minimumSizeHint().height() + 28 for key in ("training", "predictions")]
+        if sum(needs) <= total:
+            training = needs[0] + (total - sum(needs)) * 6 // 10
+        elif total - needs[0] >= needs[1] * 3 // 4:  # a little short: the predictions scroll, not both
+            training = needs[0]
+        else:
+            training = total * needs[0] // sum(needs)
+        self.resizeDocks(list(docks), [training, total - training], vertical)
+
+    def _default_size(self) -> QSize:
+        """1400 × 900, or the screen's available area where that is smaller (a 1366 × 768 laptop)."""
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        available = screen.availableGeometry().size() if screen is not None else QSize(*DEFAULT_SIZE)
+        frame = QSize(8, 32)  # the window manager's title bar and borders, roughly
+        return QSize(min(DEFAULT_SIZE[0], available.width() - frame.width()),
+                     min(DEFAULT_SIZE[1], available.height() - frame.height()))
 
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
@@ -264,7 +388,7 @@ class MainWindow(QMainWindow):
             if not self._layout_restored:
                 # Again now that the layout is active: the docks, added one below the other before
                 # they were tabbed, had grown the window past the screen.
-                self.resize(1400, 900)
+                self.resize(self._default_size())
                 self._apply_default_sizes()
 
     # ---- status bar --------------------------------------------------------------------------
@@ -296,6 +420,8 @@ class MainWindow(QMainWindow):
             self.device_label.setText(describe_device(trainer.device, training_threads(trainer.config.train.threads)))
             self.params_label.setText(f"{trainer.model.num_parameters():,} parameters")
         self._update_actions()
+        self._update_title()
+        self._update_exports()
 
     def _on_training_step(self, metrics: StepMetrics) -> None:
         """Reports can come hundreds of times a second: the labels follow at most every STATUS_INTERVAL_MS."""
@@ -307,6 +433,8 @@ class MainWindow(QMainWindow):
 
     def _show_training_step(self) -> None:
         metrics = self._latest_step
+        if self.session.run.state == RunState.PAUSED:
+            return  # the paused labels stay until the run goes on
         if metrics is not None:
             self.step_label.setText(f"step {metrics.step:,} / {metrics.max_steps:,}")
             self.speed_label.setText(f"{metrics.tokens_per_s:,.0f} tokens/s")
@@ -315,6 +443,7 @@ class MainWindow(QMainWindow):
         self._status_timer.stop()
         self._show_training_step()
         self._update_actions()
+        self._update_exports()
 
     def _update_actions(self, *_args: object) -> None:
         state = self.session.run.state
@@ -324,12 +453,41 @@ class MainWindow(QMainWindow):
         self.save_checkpoint_action.setEnabled(self.session.trainer is not None)
         self.open_run_action.setEnabled(not state.active)
 
-    def _update_title(self) -> None:
+    def _on_run_state(self, state: RunState) -> None:
+        """Paused: the status bar says so at the trainer's own step, not frozen running numbers."""
+        trainer = self.session.trainer
+        if state == RunState.PAUSED and trainer is not None:
+            self._status_timer.stop()
+            self._show_paused()
+            QTimer.singleShot(500, self._show_paused)  # the step in flight when Pause was pressed
+        elif state == RunState.TRAINING and self.speed_label.text() == "paused":
+            self.speed_label.setText("resuming…")
+        self._update_title()
+
+    def _show_paused(self) -> None:
+        trainer = self.session.trainer
+        if self.session.run.state == RunState.PAUSED and trainer is not None:
+            self.step_label.setText(f"paused at step {trainer.step:,} / {trainer.config.train.max_steps:,}")
+            self.speed_label.setText("paused")
+
+    def _update_exports(self, *_args: object) -> None:
+        """The loss-curve exports are enabled only when there is a curve (a tooltip says why not)."""
+        has = self.exports.has_curves()
+        for action in (self.export_csv_action, self.export_png_action):
+            action.setEnabled(has)
+            action.setToolTip("" if has else "Nothing to export yet: train a run or open one (File › Open run…)")
+
+    def _update_title(self, *_args: object) -> None:
         infos = self.session.file_infos
         if self.session.using_demo:
             what = "demo corpus"
         else:
             what = Path(infos[0].path).name + (f" + {len(infos) - 1} more" if len(infos) > 1 else "")
+        trainer, loaded = self.session.trainer, self.session.loaded_run
+        if trainer is not None and trainer.run_dir is not None:
+            what += f" — run {trainer.run_dir.path.name}"
+        elif loaded is not None:
+            what = f"run {loaded.name} (opened)"
         self.setWindowTitle(f"lmstudio — {what}")
 
     # ---- drag and drop -----------------------------------------------------------------------
@@ -350,8 +508,12 @@ class MainWindow(QMainWindow):
     # ---- closing -----------------------------------------------------------------------------
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        """Stop a running trainer and wait for it (it saves a final checkpoint), then close."""
+        """While training, ask first (Stop and save / Cancel); then stop the trainer and wait for
+        it (it saves a final checkpoint), then close."""
         if self.training_panel.is_training():
+            if not self._confirm_quit():
+                event.ignore()
+                return
             self.statusBar().showMessage("Stopping the training and saving a checkpoint…")
             self.training_panel.stop_and_wait()
         self.save_layout()
@@ -361,3 +523,18 @@ class MainWindow(QMainWindow):
             if callable(shutdown):
                 shutdown()
         super().closeEvent(event)
+
+    def _confirm_quit(self) -> bool:
+        """Ask whether to stop the run (a checkpoint is saved) and quit; only Cancel keeps it."""
+        trainer = self.session.trainer
+        where = f" in {trainer.run_dir.path}" if trainer is not None and trainer.run_dir is not None else ""
+        step = f" at step {trainer.step:,}" if trainer is not None else ""
+        box = QMessageBox(QMessageBox.Icon.Question, "Quit while training?",
+                          f"A run is training{step}. Quitting stops it and saves a checkpoint{where}: "
+                          "Training › Resume run… continues it later.",
+                          QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Cancel, self)
+        box.setObjectName("quitWhileTraining")
+        box.button(QMessageBox.StandardButton.Save).setText("Stop and save")
+        box.setDefaultButton(QMessageBox.StandardButton.Save)
+        box.setEscapeButton(QMessageBox.StandardButton.Cancel)
+        return box.exec() != QMessageBox.StandardButton.Cancel.value

@@ -80,7 +80,9 @@ def test_loss_curves_as_csv_hold_the_runs_metrics(qtbot, main_window, save_as, m
 def test_csv_without_a_run_uses_the_plotted_points_or_says_there_are_none(qtbot, main_window, save_as,
                                                                           modals, tmp_path):
     save_as.append(str(tmp_path / "empty.csv"))
-    main_window.export_csv_action.trigger()
+    assert not main_window.export_csv_action.isEnabled()  # nothing to export: disabled, saying why
+    assert "Nothing to export yet" in main_window.export_csv_action.toolTip()
+    main_window._guard(main_window.exports.export_csv)  # called anyway, it still refuses in words
     assert [d.kind for d in modals.shown] == ["ErrorDialog"] and "no loss curve yet" in modals.shown[0].text
     assert not (tmp_path / "empty.csv").exists()
     plot = main_window.training_panel.loss_plot
@@ -94,7 +96,8 @@ def test_csv_without_a_run_uses_the_plotted_points_or_says_there_are_none(qtbot,
 
 
 def test_loss_curves_as_png(qtbot, main_window, save_as, modals, tmp_path):
-    main_window.export_png_action.trigger()  # nothing plotted yet
+    assert not main_window.export_png_action.isEnabled()  # nothing plotted yet
+    main_window._guard(main_window.exports.export_png)
     assert "no loss curve yet" in modals.shown[0].text and save_as.asked == []
     plot = main_window.training_panel.loss_plot
     for step in range(1, 200):
@@ -102,7 +105,7 @@ def test_loss_curves_as_png(qtbot, main_window, save_as, modals, tmp_path):
     save_as.append(str(tmp_path / "curves.png"))
     main_window.export_png_action.trigger()
     image = QImage(str(tmp_path / "curves.png"))
-    assert not image.isNull() and image.width() > 100 and image.height() > 50
+    assert not image.isNull() and image.width() >= 1200 and image.height() >= 600  # rendered for export
     colours = {image.pixel(x, y) for x in range(0, image.width(), 4) for y in range(0, image.height(), 4)}
     assert len(colours) > 3  # background, axes, grid and curves: a picture, not a blank
 

@@ -113,7 +113,13 @@ def test_device_combo_and_presets(qtbot, panel, session, events):
     index = panel.preset_combo.findData("default")
     panel.preset_combo.activated.emit(index)
     assert changed and session.config.model.params["n_layer"] == 2
-    assert panel.form.values()["max_steps"] == session.config.train.max_steps == 600
+    # "default" is the startup configuration (on a CPU: the default preset with the fast recipe)
+    from lmstudio_app.session import default_config
+
+    startup = default_config().train
+    assert panel.form.values()["max_steps"] == session.config.train.max_steps == startup.max_steps
+    assert session.config.train.optimizer == startup.optimizer and session.config.train.device == "cpu"
+    assert panel.preset_combo.currentText() == "default"
 
 
 def test_ui_stays_responsive_while_training(qtbot, panel, session):

@@ -214,10 +214,8 @@ class DataPanel(QWidget):
             self.status.setText(f"{exc}: the corpus is as it was")
             return
         retry = suggested_encoding(str(exc)) if isinstance(exc, DataError) else None
-        if retry and retry != encoding and dialogs.ask_yes_no(
-            self, "Not UTF-8", f"{exc}\n\nRead the file(s) as {retry}?"
-        ):
-            self.load_paths(paths, replace, encoding=retry)
+        if retry and retry != encoding and (retry := dialogs.ask_encoding(self, str(exc), retry)):
+            self.load_paths(paths, replace, encoding=retry)  # the encoding chosen in the question's combo
             return
         self._report_failure(exc, details)
 

@@ -24,6 +24,7 @@ from ..dialogs import describe_exception
 from ..events import AppEvents
 from ..queries import LatestQuery
 from ..widgets.plugin_chooser import ChooserPanel, PluginChooser
+from ..widgets.training_progress import format_duration
 
 PREVIEW_DEBOUNCE_MS = 300
 
@@ -74,8 +75,12 @@ class ModelPanel(ChooserPanel, QWidget):
         self.context_label = QLabel("—")
         self.memory_label = QLabel("—")
         self.step_time_label = QLabel("—")
+        self.total_time_label = QLabel("—")
+        self.total_time_label.setObjectName("totalTimeLabel")
+        self.total_time_label.setToolTip("Max steps (Training panel) × the time per step above; evaluations "
+                                         "and samples add a little")
         for label in (self.parameters_label, self.non_embedding_label, self.flops_label, self.context_label,
-                      self.memory_label, self.step_time_label):
+                      self.memory_label, self.step_time_label, self.total_time_label):
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.memory_label.setToolTip("Weights, gradients, optimiser state and the activations of one batch")
         self.step_time_label.setToolTip("A model this small: a few real training steps timed on random tokens.\n"
@@ -92,6 +97,7 @@ class ModelPanel(ChooserPanel, QWidget):
         rows.addRow("Context length", self.context_label)
         rows.addRow("Estimated memory", self.memory_label)
         rows.addRow("Estimated time per step", self.step_time_label)
+        rows.addRow("Estimated total time", self.total_time_label)
         layout = QVBoxLayout(self)
         layout.addWidget(settings)
         layout.addWidget(summary)
@@ -101,6 +107,7 @@ class ModelPanel(ChooserPanel, QWidget):
         self.chooser.edited.connect(self._apply_settings)
         events.model_config_changed.connect(self._on_config_changed)
         events.train_config_changed.connect(self.refresh_preview)
+        events.train_config_changed.connect(self._show_total_time)  # at once: max steps alone needs no new preview
         events.tokenizer_changed.connect(self.refresh_preview)
         events.run_state_changed.connect(self._on_run_state)
         self.sync_from_session()
@@ -133,6 +140,10 @@ class ModelPanel(ChooserPanel, QWidget):
         self._query.request(job)
 
     def _on_run_state(self, state: RunState) -> None:
+        # Locked while a run trains: the run keeps the model it was built with, so an edit
+        # would silently do nothing until the next run.
+        self.chooser.set_locked(state.active, "Locked while training: stop the run to change the model "
+                                "(a change applies to the next run)")
         if not state.active and self._stale:
             self._stale = False
             self.refresh_preview()
@@ -182,7 +193,7 @@ class ModelPanel(ChooserPanel, QWidget):
     def _set_summary(self, preview: ModelPreview | None) -> None:
         if preview is None:
             for label in (self.parameters_label, self.non_embedding_label, self.flops_label, self.context_label,
-                          self.memory_label, self.step_time_label):
+                          self.memory_label, self.step_time_label, self.total_time_label):
                 label.setText("—")
             return
         self.parameters_label.setText(format_count(preview.parameters))
@@ -192,3 +203,20 @@ class ModelPanel(ChooserPanel, QWidget):
         self.memory_label.setText(f"{preview.memory_bytes / 1e6:,.1f} MB")
         how = "measured" if preview.step_time_measured else "estimated from matmul speed"
         self.step_time_label.setText(f"{format_seconds(preview.seconds_per_step)} on {preview.device} ({how})")
+        self._show_total_time()
+
+    def total_seconds(self) -> float | None:
+        """The whole run's estimated training time: max steps × the time per step shown."""
+        preview = self._preview
+        if preview is None or preview.seconds_per_step is None:
+            return None
+        return self.session.config.train.max_steps * preview.seconds_per_step
+
+    def _show_total_time(self) -> None:
+        total = self.total_seconds()
+        if total is None:
+            self.total_time_label.setText("—")
+            return
+        steps = self.session.config.train.max_steps
+        shown = format_seconds(total) if total < 10 else format_duration(total)
+        self.total_time_label.setText(f"about {shown} for {steps:,} steps")

@@ -15,9 +15,18 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QTextDocument
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QScrollArea, QSpinBox, QVBoxLayout, QWidget
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QResizeEvent, QTextDocument
+from PySide6.QtWidgets import (
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from lmstudio_app.errors import LMStudioError
 from lmstudio_app.inference.distributions import NextTokenPrediction, TokenSurprise
@@ -26,7 +35,7 @@ from lmstudio_app.tokenizer import Token, Tokenizer
 
 from ..events import AppEvents
 from ..queries import LatestQuery, PromptAnswer
-from ..widgets.token_chips import TokenChips, visible_text
+from ..widgets.token_chips import UNK_LABEL, TokenChips, visible_text
 
 STAGES = ("text", "tokenizer", "ids", "model", "logits", "softmax", "loss")
 _TITLES = ("Raw text", "Tokenizer", "Token IDs", "Model", "Logits", "Softmax", "Loss")
@@ -36,10 +45,12 @@ _TEXT_WINDOW = 60  # characters of prompt shown either side of the selected toke
 
 
 class _StageBox(QFrame):
+    MIN_WIDTH = 130
+
     def __init__(self, title: str) -> None:
         super().__init__()
         self.setFrameShape(QFrame.Shape.StyledPanel)
-        self.setMinimumWidth(150)
+        self.setMinimumWidth(self.MIN_WIDTH)
         self.title = QLabel(f"<b>{title}</b>")
         self.body = QLabel("—")
         self.body.setTextFormat(Qt.TextFormat.RichText)
@@ -49,6 +60,59 @@ class _StageBox(QFrame):
         layout = QVBoxLayout(self)
         layout.addWidget(self.title)
         layout.addWidget(self.body, 1)
+
+
+class _FlowStrip(QWidget):
+    """The stage boxes in reading order, as many per row as the width allows (arrows between
+    the boxes of a row, a row's last box pointing on with "↵")."""
+
+    _ARROW_WIDTH = 22
+
+    def __init__(self, boxes: list[QWidget]) -> None:
+        super().__init__()
+        self._boxes = boxes
+        self._grid = QGridLayout(self)
+        self._grid.setContentsMargins(4, 4, 4, 4)
+        self._grid.setHorizontalSpacing(2)
+        self._arrows: list[QLabel] = []
+        for _ in boxes[1:]:
+            arrow = QLabel()
+            arrow.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            arrow.setFixedWidth(self._ARROW_WIDTH)
+            self._arrows.append(arrow)
+        self.columns = 0
+        self._place(len(boxes))
+
+    def columns_for(self, width: int) -> int:
+        box = _StageBox.MIN_WIDTH + self._ARROW_WIDTH + self._grid.horizontalSpacing() * 2
+        return max(1, min(len(self._boxes), (width - 8 + self._ARROW_WIDTH) // box))
+
+    def _place(self, columns: int) -> None:
+        if columns == self.columns:
+            return
+        self.columns = columns
+        for widget in (*self._boxes, *self._arrows):
+            self._grid.removeWidget(widget)
+        for col in range(2 * len(self._boxes)):
+            self._grid.setColumnStretch(col, 0)
+        for i, box in enumerate(self._boxes):
+            row, col = divmod(i, columns)
+            self._grid.addWidget(box, row, 2 * col)
+            self._grid.setColumnStretch(2 * col, 1)
+            if i + 1 < len(self._boxes):
+                arrow = self._arrows[i]
+                end_of_row = col == columns - 1
+                arrow.setText("↵" if end_of_row else "➜")
+                arrow.setToolTip("continues on the next row" if end_of_row else "")
+                self._grid.addWidget(arrow, row, 2 * col + 1)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        self._place(self.columns_for(event.size().width()))
+        super().resizeEvent(event)
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        return QSize(_StageBox.MIN_WIDTH + 8, hint.height())
 
 
 def _tok(text: str) -> str:
@@ -85,18 +149,14 @@ class PipelineView(QWidget):
         header.addWidget(self.position_label, 1)
 
         self.boxes = {name: _StageBox(title) for name, title in zip(STAGES, _TITLES)}
-        strip = QWidget()
-        strip_layout = QHBoxLayout(strip)
-        for i, name in enumerate(STAGES):
-            if i:
-                arrow = QLabel("➜")
-                arrow.setAlignment(Qt.AlignmentFlag.AlignCenter)
-                strip_layout.addWidget(arrow)
-            strip_layout.addWidget(self.boxes[name])
+        self.strip = _FlowStrip([self.boxes[name] for name in STAGES])
         scroll = QScrollArea()
-        scroll.setWidget(strip)
+        scroll.setWidget(self.strip)
         scroll.setWidgetResizable(True)
-        scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # The stages wrap into rows instead: every box, Softmax and Loss included, is on screen
+        # at the window's default width, and a narrow dock scrolls down, never sideways.
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll = scroll
         layout = QVBoxLayout(self)
         layout.addLayout(header)
         layout.addWidget(self.chips)
@@ -158,6 +218,8 @@ class PipelineView(QWidget):
         if at_end:
             self.position_spin.setValue(max(len(tokens) - 1, 0))
         self.position_spin.blockSignals(False)
+        tokenizer = self._answer.score.tokenizer if self._answer and self._answer.score else self.session.tokenizer
+        self.chips.set_unknown_id(tokenizer.unk_id if tokenizer is not None else None)
         self.chips.set_tokens(tokens)
         self.chips.set_selected(self.position() if tokens else None)
 
@@ -231,7 +293,9 @@ class PipelineView(QWidget):
                 + f"<span style='background-color:#f2c94c; color:black'>{html.escape(shown)}</span>"
                 + after + ("…" if hi < len(prompt) else ""))
             first = max(0, pos + 1 - _CONTEXT_SHOWN)
-            rows = [f"{_tok(t.text)} → {t.id}" for t in self._tokens[first:pos + 1]]
+            unk = tokenizer.unk_id if tokenizer is not None else None
+            rows = [f"{_tok(t.text)} → {t.id}" + (f" {html.escape(UNK_LABEL)}" if t.id == unk else "")
+                    for t in self._tokens[first:pos + 1]]
             rows[-1] = f"<b>{rows[-1]}</b>"
             self.boxes["ids"].body.setText(("…<br>" if first else "") + "<br>".join(rows))
         if tokenizer is None:

@@ -51,7 +51,7 @@ from ..dialogs import describe_exception
 from ..events import AppEvents
 from ..queries import NO_MODEL_HINT, PromptAnswer
 from ..widgets.probability_chart import CandidateTable, ProbabilityChart, SamplingControls
-from ..widgets.token_chips import TokenChips, probability_color, visible_text
+from ..widgets.token_chips import TokenChips, is_word_level, probability_color, visible_text
 from ..worker import run_in_thread
 
 __all__ = ["DEFAULT_PROMPT", "NO_MODEL_HINT", "PredictionsPanel", "counts_note", "truth_label"]
@@ -127,6 +127,7 @@ class PredictionsPanel(QWidget):
     def _build_ui(self) -> None:
         self.prompt_edit = QPlainTextEdit(self.session.prompt)
         self.prompt_edit.setPlaceholderText("Type a prompt…")
+        self.prompt_edit.setToolTip("The prompt: what the model continues (click a candidate below to append it)")
         self.prompt_edit.setFixedHeight(self.fontMetrics().lineSpacing() * 3 + 12)
         self.prompt_edit.textChanged.connect(self._on_prompt_edited)
         self.chips = TokenChips()
@@ -185,6 +186,7 @@ class PredictionsPanel(QWidget):
         self.output_edit.setReadOnly(True)
         self.output_edit.setPlaceholderText("The sampled continuation appears here")
         self.output_edit.setMaximumHeight(self.fontMetrics().lineSpacing() * 6 + 12)
+        self.output_edit.setMinimumHeight(self.fontMetrics().lineSpacing() * 2 + 12)  # a short screen: two lines
         gen_row = QHBoxLayout()
         for label, widget in (("max tokens", self.max_tokens_spin), ("seed", self.seed_spin)):
             gen_row.addWidget(QLabel(label))
@@ -197,7 +199,6 @@ class PredictionsPanel(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.view_step_banner)
-        layout.addWidget(QLabel("Prompt"))
         layout.addWidget(self.prompt_edit)
         layout.addWidget(self.chips)
         layout.addWidget(self.message_label)
@@ -270,6 +271,9 @@ class PredictionsPanel(QWidget):
             cursor.movePosition(cursor.MoveOperation.End)
             cursor.insertText(self._prediction.candidates[index].text)
             self.prompt_edit.setTextCursor(cursor)
+            # Back to the prompt: what is typed next goes on the prompt, and Space types a space
+            # there instead of reaching the table (or the window's pause key).
+            self.prompt_edit.setFocus(Qt.FocusReason.OtherFocusReason)
 
     def generate(self) -> None:
         """Sample a continuation of the prompt, streaming it into the output box."""
@@ -426,6 +430,7 @@ class PredictionsPanel(QWidget):
         tips = ["first token: nothing before it to predict it from" if s.prob is None
                 else f"p = {s.prob:.4f} (the model's probability for this token)\nloss = {s.loss:.3f} nats"
                 for s in surprise]
+        self.chips.set_unknown_id(score.tokenizer.unk_id)
         self.chips.set_tokens(prediction.tokens, colors, tips)
         true = self._true_next
         counts = self._counts
@@ -458,7 +463,9 @@ class PredictionsPanel(QWidget):
             notes.append(f"only the last {len(prediction.tokens) - prediction.context_start} tokens fit the "
                          f"model's context")
         if prediction.unknown_chars:
-            notes.append("characters the tokenizer does not know: " + " ".join(prediction.unknown_chars))
+            tokenizer = score.tokenizer
+            what = "words" if is_word_level(tokenizer) else "characters"
+            notes.append(f"{what} the tokenizer does not know: " + " ".join(prediction.unknown_chars))
         self._show_message("; ".join(notes), error=False)
         self.prediction_ready.emit(prediction)
 

@@ -52,6 +52,7 @@ from lmstudio_app.session import Session
 from .. import theme
 from ..events import AppEvents
 from ..queries import NO_MODEL_HINT, LatestQuery
+from ..widgets.legend_row import legend_above
 from ..widgets.moment_compare import MomentCompareView
 from ..widgets.token_chips import visible_text
 
@@ -175,7 +176,8 @@ class TimelinePanel(QWidget):
         self.prob_plot.getAxis("left").enableAutoSIPrefix(False)
         self.prob_plot.setYRange(0, 1, padding=0.02)
         self.prob_plot.setMouseEnabled(y=False)
-        self.legend = self.prob_plot.addLegend(offset=(-10, 10), labelTextSize="8pt")
+        # Legends in a row above each plot: over the plot they covered the curves they name.
+        self.legend = legend_above(self.prob_plot.getPlotItem(), columns=5, labelTextSize="8pt")
         self.info_plot = pg.PlotWidget(background=palette.background)
         self.info_plot.setToolTip(INFO_TOOLTIP)
         self.info_plot.setMenuEnabled(False)
@@ -184,7 +186,7 @@ class TimelinePanel(QWidget):
         self.info_plot.getAxis("left").enableAutoSIPrefix(False)
         self.info_plot.setMouseEnabled(y=False)
         self.info_plot.setXLink(self.prob_plot)
-        self.info_legend = self.info_plot.addLegend(offset=(-10, 5), labelTextSize="8pt")
+        self.info_legend = legend_above(self.info_plot.getPlotItem(), columns=2, labelTextSize="8pt")
         self.entropy_curve = self.info_plot.plot([], [], pen=pg.mkPen("#7f7f7f", width=2), name="entropy")
         self.kl_curve = self.info_plot.plot([], [], pen=pg.mkPen("#d62728", width=2), name="KL to truth")
         self.view_lines = []

@@ -27,14 +27,26 @@ from lmstudio_app.data.corpus import TokenizedCorpus
 from lmstudio_app.errors import Cancelled, LMStudioError
 from lmstudio_app.params import params_to_dict
 from lmstudio_app.session import Session
+from lmstudio_app.tokenizer import Tokenizer
+from lmstudio_app.training.controller import RunState
 
 from ..dialogs import describe_exception
 from ..events import AppEvents
 from ..widgets.plugin_chooser import ChooserPanel, PluginChooser
-from ..widgets.token_chips import TokenChips
+from ..widgets.token_chips import TokenChips, is_word_level
 from ..worker import BackgroundTask, run_in_thread
 
 DEFAULT_SAMPLE = "The cat sat on the mat."
+
+
+def vocabulary_text(tokenizer: Tokenizer) -> str:
+    """The vocabulary size with its special tokens counted in and named: "257 (256 + 1 special:
+    <|endoftext|>)", so the count matches the IDs a chip can show."""
+    specials = [t.content for t in tokenizer.hf.get_added_tokens_decoder().values() if t.special]
+    total = tokenizer.vocab_size
+    if not specials:
+        return f"{total:,}"
+    return f"{total:,} ({total - len(specials):,} + {len(specials)} special: {', '.join(specials)})"
 
 
 class TokenizerPanel(ChooserPanel, QWidget):
@@ -100,7 +112,9 @@ class TokenizerPanel(ChooserPanel, QWidget):
         events.tokenizer_changed.connect(self._on_tokenizer_changed)
         events.corpus_tokenized.connect(self.update_stats)
         events.corpus_changed.connect(self.update_stats)
+        events.run_state_changed.connect(self._on_run_state)
         self.sync_from_session()
+        self._on_run_state(session.run.state)
 
     # ----- settings --------------------------------------------------------------------------
 
@@ -140,6 +154,13 @@ class TokenizerPanel(ChooserPanel, QWidget):
         else:
             self.update_stats()
             self.update_sample()
+
+    def _on_run_state(self, state: RunState) -> None:
+        """Locked while a run trains: an edit now could not change the run, and would silently
+        not (the run uses the tokenizer it started with)."""
+        self.chooser.set_locked(state.active, "Locked while training: stop the run to change the tokenizer "
+                                "(a change applies to the next run)")
+        self.train_button.setEnabled(not state.active and self._task is None)
 
     # ----- training --------------------------------------------------------------------------
 
@@ -196,11 +217,12 @@ class TokenizerPanel(ChooserPanel, QWidget):
     def _set_busy(self, busy: bool) -> None:
         if not busy:
             self._task = None
-        self.train_button.setEnabled(not busy)
+        editable = not busy and not self.chooser.locked  # a run training locks it too
+        self.train_button.setEnabled(editable)
         self.cancel_button.setEnabled(busy)
-        self.plugin_combo.setEnabled(not busy)
+        self.plugin_combo.setEnabled(editable)
         if self.form is not None:
-            self.form.setEnabled(not busy)
+            self.form.setEnabled(editable)
         self.progress_bar.setVisible(busy)
         if busy:
             self.progress_bar.setRange(0, 0)  # busy indicator until the first report
@@ -211,14 +233,17 @@ class TokenizerPanel(ChooserPanel, QWidget):
 
     def update_stats(self) -> None:
         tokenizer, corpus = self.session.tokenizer, self.session.corpus
-        self.vocab_label.setText(f"{tokenizer.vocab_size:,}" if tokenizer is not None else "—")
+        self.vocab_label.setText(vocabulary_text(tokenizer) if tokenizer is not None else "—")
         self.tokens_label.setText(f"{corpus.n_tokens:,}" if corpus is not None else "—")
         self.compression_label.setText(f"{corpus.chars_per_token:.2f}" if corpus is not None else "—")
         if self._task is None:
             if corpus is not None:
                 self.status_label.setText(f"Ready: {corpus.n_tokens:,} tokens")
             elif tokenizer is None:
-                self.status_label.setText("Not trained yet")
+                trains = self.chooser.spec().trains_on_corpus
+                self.status_label.setText("Not trained yet" if trains else "Not built yet")
+            else:  # built (or a run's), the corpus not tokenized with it yet
+                self.status_label.setText("Ready; the corpus is tokenized at Start (or on Tokenize in the Data panel)")
 
     def update_sample(self) -> None:
         tokenizer = self.session.tokenizer
@@ -228,5 +253,9 @@ class TokenizerPanel(ChooserPanel, QWidget):
             self.sample_count_label.setText("")
             return
         tokens = tokenizer.encode_with_offsets(text)
+        self.chips.set_unknown_id(tokenizer.unk_id)
         self.chips.set_tokens(tokens)
-        self.sample_count_label.setText(f"{len(tokens)} tokens for {len(text)} characters")
+        unknown = sum(1 for t in tokens if t.id == tokenizer.unk_id) if tokenizer.unk_id is not None else 0
+        what = "words" if is_word_level(tokenizer) else "characters"
+        note = f" · {unknown} unknown ({what} it has no token for: <unk>)" if unknown else ""
+        self.sample_count_label.setText(f"{len(tokens)} tokens for {len(text)} characters{note}")

@@ -20,9 +20,9 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QLabel,
     QPlainTextEdit,
     QPushButton,
-    QScrollArea,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -32,7 +32,7 @@ from lmstudio_app.config import TrainConfig, load_config
 from lmstudio_app.devices import available_devices, describe_device, resolve_device
 from lmstudio_app.errors import Cancelled, ConfigError, LMStudioError
 from lmstudio_app.params import params_to_dict
-from lmstudio_app.resources import list_presets
+from lmstudio_app.runs.folder import RunDir
 from lmstudio_app.session import Session
 from lmstudio_app.settings import default_runs_dir
 from lmstudio_app.training.control import StepMetrics
@@ -40,11 +40,22 @@ from lmstudio_app.training.controller import RunState
 
 from .. import dialogs
 from ..events import AppEvents
+from ..preset_state import CUSTOM_LABEL, PresetTracker
+from ..preset_state import apply_preset as apply_preset_to
 from ..watch_dialog import WatchDialog
 from ..widgets.loss_plot import LossPlot
 from ..widgets.param_form import ParamForm
 from ..widgets.training_progress import ProgressStrip
 from ..worker import run_in_thread
+
+# The training settings in tabs, the ones a first run changes first; a field not named here
+# (a setting added later) lands in the last tab by itself.
+SETTING_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Basic", ("max_steps", "batch_size", "learning_rate", "optimizer", "eval_interval", "sample_tokens")),
+    ("Schedule", ("schedule", "warmup_steps", "min_lr", "warmdown_fraction", "log_interval", "checkpoint_interval")),
+    ("Optimiser", ("muon_lr", "muon_momentum", "weight_decay", "beta1", "beta2", "grad_clip")),
+    ("Advanced", ()),  # dtype, grad_accum, eval_batches, seed, compile, threads: six rows a tab
+)
 
 
 class TrainingPanel(QWidget):
@@ -56,6 +67,10 @@ class TrainingPanel(QWidget):
         self.events = events
         self.run = session.run
         self._shown_state = RunState.IDLE
+        # Checks Start runs first, each returning the message that refuses it (or None): the
+        # window adds the model's and tokenizer's forms, so Start never trains with the last
+        # valid settings while a form shows an error.
+        self.start_checks: list[Callable[[], str | None]] = []
 
         self.device_combo = QComboBox()
         self.device_combo.setObjectName("deviceCombo")
@@ -63,21 +78,30 @@ class TrainingPanel(QWidget):
             label = name if name == "auto" else f"{name} — {describe_device(resolve_device(name))}"
             self.device_combo.addItem(label, name)
         self.device_combo.currentIndexChanged.connect(self._on_device_chosen)
+        self.presets = PresetTracker(session)
         self.preset_combo = QComboBox()
         self.preset_combo.setObjectName("presetCombo")
-        self.preset_combo.addItem("Choose a preset…", None)
-        for name in list_presets():
+        for name in self.presets.names:
             self.preset_combo.addItem(name, name)
+            self.preset_combo.setItemData(self.preset_combo.count() - 1, self.presets.description(name),
+                                          Qt.ItemDataRole.ToolTipRole)
+        self.preset_combo.addItem(CUSTOM_LABEL, None)
+        self.preset_combo.setItemData(self.preset_combo.count() - 1,
+                                      "The settings differ from every preset (the line below says how)",
+                                      Qt.ItemDataRole.ToolTipRole)
         self.preset_combo.activated.connect(self._on_preset_chosen)
+        self.preset_note = QLabel()
+        self.preset_note.setObjectName("presetNote")
+        self.preset_note.setWordWrap(True)
+        self.preset_note.setStyleSheet("color: palette(placeholder-text);")
 
-        self.form = ParamForm(TrainConfig, params_to_dict(session.config.train), where="train")
+        self.form = ParamForm(TrainConfig, params_to_dict(session.config.train), where="train", groups=SETTING_GROUPS)
         self.form.setObjectName("trainForm")
         # The device combo above replaces the form's own device row (it also describes devices).
-        self.form.findChild(QFormLayout).setRowVisible(self.form.widget_for("device"), False)
+        self.form.set_field_visible("device", False)
         self.form.changed.connect(self._on_form_changed)
-        form_scroll = QScrollArea()
-        form_scroll.setWidgetResizable(True)
-        form_scroll.setWidget(self.form)
+        if self.form.tabs is not None:
+            self.form.tabs.setUsesScrollButtons(False)  # all four group names in view
 
         self.start_button = self._button("Start", "startButton", self.start_training)
         self.pause_button = self._button("Pause", "pauseButton", self.pause_training)
@@ -93,14 +117,15 @@ class TrainingPanel(QWidget):
         self.status = ProgressStrip()
         self.progress, self.rate_label = self.status.progress, self.status.rate_label
         self.loss_plot = LossPlot()
-        self.loss_plot.setMinimumHeight(220)  # the plot is the point of this panel
+        self.loss_plot.setMinimumHeight(180)  # the plot is the point of this panel (the window gives it more)
         self.samples = QPlainTextEdit()
         self.samples.setObjectName("samplesBox")
         self.samples.setReadOnly(True)
         self.samples.setMaximumBlockCount(2000)
         self.samples.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.samples.setPlaceholderText("A sample of generated text appears at each evaluation.")
-        self._build_layout(form_scroll)
+        self.samples.setMinimumHeight(self.samples.fontMetrics().lineSpacing() * 2 + 12)  # the plot gets the room
+        self._build_layout()
 
         events.run_state_changed.connect(self._set_state)
         events.training_started.connect(self._on_started)
@@ -108,7 +133,11 @@ class TrainingPanel(QWidget):
         events.training_finished.connect(self._on_finished)
         events.training_failed.connect(self._on_failed)
         events.train_config_changed.connect(self.refresh_from_session)
+        for changed in (events.tokenizer_changed, events.model_config_changed, events.train_config_changed):
+            changed.connect(self._show_active_preset)
+        events.run_loaded.connect(self._on_run_loaded)
         self.refresh_from_session()
+        self._show_active_preset()
         self._set_state(self.run.state)
 
     # ---- public actions (buttons and menu) --------------------------------------------------
@@ -120,7 +149,15 @@ class TrainingPanel(QWidget):
 
     def start_training(self) -> None:
         """Commit the settings, then tokenize and build the run in the background and start it."""
-        if not self.run.state.active and self._commit_settings():
+        if self.run.state.active:
+            return
+        for check in self.start_checks:
+            problem = check()
+            if problem:
+                self.status.idle(f"Not started: {problem}")
+                dialogs.show_error(self, problem)
+                return
+        if self._commit_settings():
             self.status.busy("Preparing: tokenizing the corpus and building the model…")  # until the first step
             self._guard(self.session.start_training)
 
@@ -201,10 +238,7 @@ class TrainingPanel(QWidget):
         trainer = self.session.trainer
         if trainer is None:
             return
-        self.loss_plot.clear()
-        for record in self.run.history:  # a resumed run shows its earlier curve too
-            self.loss_plot.add_point(record.get("step", 0), record.get("train_loss"), record.get("lr"),
-                                     record.get("val_loss"), record.get("kl_to_truth"))
+        self.show_records(self.run.history, trainer.config.train.max_steps)  # a resumed run: its earlier curve too
         truth = getattr(trainer, "truth", None)  # a synthetic corpus: how low the loss can go
         self.loss_plot.set_entropy_floor(truth.entropy_rate() if truth is not None else None)
         self.loss_plot.set_step_range(trainer.config.train.max_steps)
@@ -263,36 +297,93 @@ class TrainingPanel(QWidget):
         self._on_form_changed()
 
     def apply_preset(self, name_or_path: str | Path) -> None:
-        """Overlay a bundled preset (by name) or a preset file; every panel follows the session."""
-        self.session.apply_preset(name_or_path)  # refused while a run is active
+        """Apply a bundled preset (by name) or a preset file over the defaults: every setting it
+        decides changes (see :mod:`..preset_state`); every panel follows the session."""
+        apply_preset_to(self.session, name_or_path)  # refused while a run is active
         self.events.status_message.emit(f"Preset {Path(name_or_path).stem!r} applied")
+        self._show_active_preset()
 
     def _on_preset_chosen(self, index: int) -> None:
         name = self.preset_combo.itemData(index)
-        self.preset_combo.setCurrentIndex(0)
         if name is not None:
             try:
                 self.apply_preset(name)
             except LMStudioError as exc:
                 dialogs.show_exception(self, exc)
+        self._show_active_preset()
+
+    def active_preset(self) -> str | None:
+        """The preset the settings are exactly, or None ("custom (edited)")."""
+        return self.presets.active()
+
+    def _show_active_preset(self) -> None:
+        active = self.presets.active()
+        index = self.preset_combo.findData(active) if active is not None else self.preset_combo.count() - 1
+        with QSignalBlocker(self.preset_combo):
+            self.preset_combo.setCurrentIndex(index)
+        if active is not None:
+            self.preset_note.setText(f"Active preset: {active}")
+            self.preset_combo.setToolTip(self.presets.description(active))
+            return
+        closest = self.presets.edited_from()
+        if closest is None:
+            self.preset_note.setText("Custom settings.")
+        else:
+            name, diff = closest
+            shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+            self.preset_note.setText(f"Custom: differs from {name!r} in {shown}." if diff else "Custom settings.")
+        self.preset_combo.setToolTip("Choose a preset to set the tokenizer, model and training settings at once "
+                                     "(hover an entry to see what it sets)")
+
+    def show_estimate(self, estimate: str) -> None:
+        """Before any run: what the whole run should take (the Model panel's estimate)."""
+        text = self.rate_label.text()
+        if not self.run.state.active and self.session.trainer is None and text.startswith("Not started"):
+            self.rate_label.setText(f"Not started · estimated total: {estimate}" if estimate and estimate != "—"
+                                    else "Not started")
+
+    # ---- a run opened for probing ------------------------------------------------------------
+
+    def _on_run_loaded(self, run_dir: Path) -> None:
+        """Show the opened run's curve and progress (its metrics.jsonl), not the previous run's."""
+        try:
+            records = RunDir.open(run_dir).read_metrics()
+        except (LMStudioError, OSError) as exc:
+            records = []
+            self.events.status_message.emit(f"{run_dir}: cannot read its metrics ({exc})")
+        self.show_records(records, self.session.config.train.max_steps)
+        last = max((int(r.get("step", 0)) for r in records), default=0)
+        self.status.show_run(last, self.session.config.train.max_steps,
+                             f"Opened run {Path(run_dir).name}: step {last:,} of {self.session.config.train.max_steps:,}")
+        self.samples.clear()
+
+    def show_records(self, records: list[dict], max_steps: int) -> None:
+        """Draw metrics records (a run's history) as the loss plot's curves."""
+        self.loss_plot.clear()
+        for record in records:
+            self.loss_plot.add_point(record.get("step", 0), record.get("train_loss"), record.get("lr"),
+                                     record.get("val_loss"), record.get("kl_to_truth"))
+        self.loss_plot.set_step_range(max_steps)
+        self.loss_plot.redraw()
 
     # ---- widgets ----------------------------------------------------------------------------
 
-    def _build_layout(self, form_scroll: QScrollArea) -> None:
-        """Settings on the left; buttons, progress, the loss plot and samples on the right."""
+    def _build_layout(self) -> None:
+        """Settings on the left (grouped in tabs: nothing to scroll, nothing clipped); buttons,
+        progress, the loss plot and samples on the right."""
         settings_box = QGroupBox("Settings")
         settings = QFormLayout(settings_box)
         settings.addRow("Device", self.device_combo)
         settings.addRow("Preset", self.preset_combo)
-        settings.addRow(form_scroll)
-        run_buttons = QHBoxLayout()
-        run_buttons.addWidget(self.save_button)
-        run_buttons.addWidget(self.resume_run_button)
-        settings.addRow(run_buttons)
-        settings.addRow(self.watch_button)
+        settings.addRow(self.preset_note)
+        settings.addRow(self.form)
         buttons = QHBoxLayout()
         for button in (self.start_button, self.pause_button, self.resume_button, self.stop_button):
             buttons.addWidget(button)
+        run_buttons = QHBoxLayout()  # under Start…Stop: the settings column stays short
+        for button in (self.save_button, self.resume_run_button, self.watch_button):
+            run_buttons.addWidget(button)
+        run_buttons.addStretch(1)
         plots = QSplitter(Qt.Orientation.Vertical)
         plots.addWidget(self.loss_plot)
         plots.addWidget(self.samples)
@@ -301,6 +392,7 @@ class TrainingPanel(QWidget):
         column = QVBoxLayout(right)
         column.setContentsMargins(0, 0, 0, 0)
         column.addLayout(buttons)
+        column.addLayout(run_buttons)
         for widget in (self.status, plots):
             column.addWidget(widget)
         splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -323,6 +415,11 @@ class TrainingPanel(QWidget):
             widget.setEnabled(idle)
         if state == RunState.IDLE and self._shown_state == RunState.PREPARING:
             self.status.idle("Not started")  # a preparation was abandoned (or the data changed meanwhile)
+        trainer = self.session.trainer
+        if state == RunState.PAUSED and trainer is not None:
+            self.status.pause(lambda: trainer.step)
+        elif self.status.is_paused():
+            self.status.resume()
         self._shown_state = state
 
     def _button(self, text: str, name: str, slot: Callable[[], object]) -> QPushButton:

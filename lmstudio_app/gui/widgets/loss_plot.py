@@ -26,13 +26,14 @@ import time
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPaintEvent, QShowEvent
 from PySide6.QtWidgets import QCheckBox, QGraphicsItem, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
 
 from lmstudio_app.training.control import StepMetrics
 
 from .. import theme
+from .legend_row import legend_above
 from .plot_data import DEFAULT_MAX_POINTS, PeakDecimator, SeriesBuffer, ema
 
 REDRAW_INTERVAL_MS = 66  # ~15 Hz at most: fluid to the eye
@@ -149,7 +150,12 @@ class _DecimatedCurve:
 
 
 class LossPlot(QWidget):
-    """Train loss (raw + smoothed), validation loss markers and the learning rate (right axis)."""
+    """Train loss (raw + smoothed), validation loss markers and the learning rate (right axis).
+
+    ``has_data_changed(bool)``: the plot got its first point, or was cleared (what enables the
+    exports)."""
+
+    has_data_changed = Signal(bool)
 
     def __init__(self, parent: QWidget | None = None, max_points: int = DEFAULT_MAX_POINTS) -> None:
         super().__init__(parent)
@@ -172,6 +178,7 @@ class LossPlot(QWidget):
         self.val = SeriesBuffer(max_points)
         self.lr = SeriesBuffer(max_points)
         self.kl = SeriesBuffer(max_points)  # KL(true ‖ model) at evaluations, for a synthetic corpus
+        self._has_data = False
         self.entropy_floor: float | None = None  # the truth's entropy rate, nats/token
         self.smoothing = 0.6
         self._pending_smoothing: float | None = None  # from the slider, applied at the next redraw
@@ -200,6 +207,7 @@ class LossPlot(QWidget):
         # Tick labels in plain numbers: an SI scale factor would put "(x0.001)" into the label,
         # which then no longer fits the axis.
         right.enableAutoSIPrefix(False)
+        right.setWidth(62)  # room for "0.0005" and the label: a learning rate's ticks are wide
         self.lr_view.setXLink(self.plot_item)
         self.plot_item.vb.sigResized.connect(self._sync_lr_view)
         # Tick labels may widen an axis but never narrow it again: otherwise the right axis can
@@ -208,8 +216,9 @@ class LossPlot(QWidget):
             self.plot_item.getAxis(name).setStyle(autoReduceTextSpace=False)
 
     def _build_legend(self) -> None:
-        """The legend; curves created with a name from now on list themselves in it."""
-        self.plot_item.addLegend(offset=(-10, 10))
+        """The legend, in a row above the plot (never over a curve); curves created with a name
+        from now on list themselves in it."""
+        legend_above(self.plot_item, columns=6)
 
     def _build_curves(self) -> None:
         """The four curves, each fed by its buffer through a decimator."""
@@ -300,6 +309,12 @@ class LossPlot(QWidget):
                 self.plot_item.legend.addItem(self.kl_curve, KL_LABEL)
                 self._kl_in_legend = True
         self._dirty = True
+        if not self._has_data and (self.train.size or self.val.size):
+            self._has_data = True
+            self.has_data_changed.emit(True)
+
+    def has_data(self) -> bool:
+        return self._has_data
 
     def add_metrics(self, metrics: StepMetrics) -> None:
         """Take a step's report (its step, train_loss, lr, val_loss and KL to the truth)."""
@@ -337,6 +352,9 @@ class LossPlot(QWidget):
         self.lr_view.refit()
         self._dirty = True
         self.redraw()
+        if self._has_data:
+            self._has_data = False
+            self.has_data_changed.emit(False)
 
     def set_step_range(self, last_step: int) -> None:
         """Fix the step axis to 0..``last_step`` (a run's max steps): the curve fills it as it
@@ -368,6 +386,12 @@ class LossPlot(QWidget):
     def set_log_y(self, on: bool) -> None:
         """A logarithmic loss axis (the check box follows)."""
         self.plot_item.setLogMode(x=False, y=bool(on))
+        # pyqtgraph switches both y axes to log ticks but only the curves of the loss view to
+        # log values: the learning rate (in its own view) follows here, or its axis would show
+        # 10^(a linear lr near 0), a single "1".
+        self.lr_curve.setLogMode(False, bool(on))
+        self.lr_view.setLogMode("y", bool(on))
+        self.lr_view.refit()
         self._place_floor()  # a line is placed in view coordinates: log10 of the floor on a log axis
         self._set_skip_finite_check(not on)  # log10 of a zero loss is -inf: let pyqtgraph check
         if self.log_checkbox.isChecked() != bool(on):
@@ -438,7 +462,4 @@ class LossPlot(QWidget):
         self.kl_curve.setSymbolPen(pg.mkPen(kl_color))
         self.floor_line.setPen(pg.mkPen(floor_color, width=1.5, style=Qt.PenStyle.DashLine))
         self.floor_line.label.setColor(floor_color)
-        # The legend sits over the curves (and the floor line): a backing keeps its entries readable.
-        backing = QColor(palette.background)
-        backing.setAlpha(210)
-        self.plot_item.legend.setBrush(pg.mkBrush(backing))
+        self.plot_item.legend.setLabelTextColor(palette.foreground)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from PySide6.QtCore import Signal
@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QSpinBox,
+    QTabWidget,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -170,7 +171,10 @@ class ParamForm(QWidget):
         values: Mapping[str, Any] | None = None,
         parent: QWidget | None = None,
         where: str = "",
+        groups: Sequence[tuple[str, Sequence[str]]] | None = None,
     ) -> None:
+        """``groups``: (title, field names) per tab, in order; fields no group names go into
+        the last one. Without groups, one form of every field."""
         super().__init__(parent)
         self.params_cls = params_cls
         self.where = where
@@ -178,17 +182,21 @@ class ParamForm(QWidget):
         self._error: str | None = None
         self._loading = False
 
+        self._rows: dict[str, tuple[QFormLayout, QWidget]] = {}
+        self.tabs: QTabWidget | None = None
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        form = QFormLayout()
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
-        outer.addLayout(form)
-        for info in param_infos(params_cls):
+        infos = param_infos(params_cls)
+        forms = self._group_forms(outer, infos, groups)
+        for info in infos:
             field = self._make_field(info)
             self._fields[info.name] = field
             label = QLabel(info.title)
             label.setToolTip(info.help)
-            form.addRow(label, self._row_widget(field))
+            form = forms[info.name]
+            row = self._row_widget(field)
+            form.addRow(label, row)
+            self._rows[info.name] = (form, row)
         self._error_label = QLabel()
         self._error_label.setStyleSheet(theme.ERROR_STYLE)
         self._error_label.setWordWrap(True)
@@ -255,11 +263,57 @@ class ParamForm(QWidget):
         """The current validation message (also shown in red under the form), or None."""
         return self._error
 
+    def set_field_visible(self, name: str, visible: bool) -> None:
+        """Show or hide one field's row (e.g. a setting another control edits)."""
+        form, row = self._rows[name]
+        form.setRowVisible(row, visible)
+
+    def group_of(self, name: str) -> str | None:
+        """The tab a field is in (None without groups)."""
+        if self.tabs is None:
+            return None
+        form, _ = self._rows[name]
+        for index in range(self.tabs.count()):
+            if self.tabs.widget(index).layout() is form:
+                return self.tabs.tabText(index).removeprefix("⚠ ")
+        return None
+
     def widget_for(self, name: str) -> QWidget:
         """The editor of one field (a QSpinBox, QCheckBox, QComboBox, QLineEdit, ...)."""
         return self._fields[name].editor
 
     # ----- building ---------------------------------------------------------------------
+
+    def _group_forms(self, outer: QVBoxLayout, infos: Sequence[ParamInfo],
+                     groups: Sequence[tuple[str, Sequence[str]]] | None) -> dict[str, QFormLayout]:
+        """The form layout each field goes into: one, or one per tab of ``groups``."""
+        def new_form() -> QFormLayout:
+            form = QFormLayout()
+            form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
+            return form
+
+        if not groups:
+            form = new_form()
+            outer.addLayout(form)
+            return {info.name: form for info in infos}
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("paramGroups")
+        self.tabs.setDocumentMode(True)
+        outer.addWidget(self.tabs)
+        placed: dict[str, QFormLayout] = {}
+        forms = []
+        for title, _names in groups:
+            page = QWidget()
+            form = new_form()
+            page.setLayout(form)
+            self.tabs.addTab(page, title)
+            forms.append(form)
+        known = {info.name for info in infos}
+        for (_title, names), form in zip(groups, forms):
+            for name in names:
+                if name in known:
+                    placed.setdefault(name, form)
+        return {info.name: placed.get(info.name, forms[-1]) for info in infos}
 
     def _make_field(self, info: ParamInfo) -> _Field:
         if info.choices is not None:
@@ -371,10 +425,21 @@ class ParamForm(QWidget):
                 message = f"{prefix}{type(exc).__name__}: {exc}"
         for name, field in self._fields.items():
             self._mark_invalid(field.editor, name == bad_field)
+        self._mark_tab(bad_field)
         self._error = message
         self._error_label.setText(message or "")
         self._error_label.setVisible(message is not None)
         return message is None
+
+    def _mark_tab(self, bad_field: str | None) -> None:
+        """The tab holding the invalid field says so: it may not be the tab on screen."""
+        if self.tabs is None:
+            return
+        bad_form = self._rows[bad_field][0] if bad_field is not None else None
+        for index in range(self.tabs.count()):
+            title = self.tabs.tabText(index).removeprefix("⚠ ")
+            invalid = bad_form is not None and self.tabs.widget(index).layout() is bad_form
+            self.tabs.setTabText(index, f"⚠ {title}" if invalid else title)
 
     @staticmethod
     def _mark_invalid(editor: QWidget, invalid: bool) -> None:

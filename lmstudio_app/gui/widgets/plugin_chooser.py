@@ -32,6 +32,7 @@ class PluginChooser(QWidget):
         self.specs = dict(specs)
         self.where = where  # "model" or "tokenizer": how the form names its keys in messages
         self.form: ParamForm | None = None
+        self.locked = False
 
         self.combo = QComboBox()
         for name, spec in self.specs.items():
@@ -44,9 +45,15 @@ class PluginChooser(QWidget):
         self.error_label.setStyleSheet(theme.ERROR_STYLE)
         self.error_label.setWordWrap(True)
         self.error_label.hide()
+        self.lock_label = QLabel()
+        self.lock_label.setObjectName("lockLabel")
+        self.lock_label.setWordWrap(True)
+        self.lock_label.setStyleSheet("font-weight: bold;")
+        self.lock_label.hide()
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.lock_label)
         layout.addWidget(self.combo)
         layout.addWidget(self.description_label)
         layout.addLayout(self.form_box)
@@ -68,6 +75,15 @@ class PluginChooser(QWidget):
         self.combo.blockSignals(False)
         self._build_form(params if index >= 0 else {})
 
+    def set_locked(self, locked: bool, note: str = "") -> None:
+        """Disable the choice and its form, with ``note`` saying why (e.g. while a run trains)."""
+        self.locked = locked
+        self.combo.setEnabled(not locked)
+        if self.form is not None:
+            self.form.setEnabled(not locked)
+        self.lock_label.setText(note if locked else "")
+        self.lock_label.setVisible(locked and bool(note))
+
     def show_error(self, text: str) -> None:
         self.error_label.setText(text)
         self.error_label.setVisible(bool(text))
@@ -84,6 +100,7 @@ class PluginChooser(QWidget):
             self.form = ParamForm(spec.params, where=self.where)
             self.show_error(str(exc))
         self.form.changed.connect(self.edited)
+        self.form.setEnabled(not self.locked)
         self.form_box.addWidget(self.form)
 
     def _on_plugin_chosen(self) -> None:

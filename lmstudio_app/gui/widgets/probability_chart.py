@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import pyqtgraph as pg
 from PySide6.QtCore import QModelIndex, QPointF, QRect, Qt, Signal
-from PySide6.QtGui import QColor, QPainter
+from PySide6.QtGui import QColor, QFontMetrics, QPainter
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDoubleSpinBox,
@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
 
 from lmstudio_app.inference.distributions import Candidate
 
+from .legend_row import legend_above
 from .token_chips import visible_text
 
 _PROB_BRUSH = (90, 140, 230, 200)
@@ -47,6 +48,7 @@ _PROB_BAR_WIDTH = 0.8  # in x units, one per candidate; a click within a bar pic
 _SAMPLE_BAR_WIDTH = 0.35  # the inner bar
 _TRUTH_BAR_WIDTH = 0.92  # the truth's outline, a little wider than the bar it frames
 _MAX_LABEL_CHARS = 8
+_LABEL_GAP_PX = 6  # at least this much space between two bar labels
 
 
 class ProbabilityChart(QWidget):
@@ -57,6 +59,7 @@ class ProbabilityChart(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._candidates: list[Candidate] = []
+        self._ticks: list[tuple[int, str]] = []
         self.plot = pg.PlotWidget(background=None)
         self.plot.setMenuEnabled(False)
         self.plot.setMouseEnabled(x=False, y=False)
@@ -64,7 +67,7 @@ class ProbabilityChart(QWidget):
         self.plot.showGrid(y=True, alpha=0.2)
         self.plot.setLabel("left", "probability")
         self.plot.getAxis("left").enableAutoSIPrefix(False)  # 0.2, 0.4 rather than 200 x 0.001
-        self.plot.setMinimumHeight(140)
+        self.plot.setMinimumHeight(150)  # the legend's row(s) included
         self._prob_bars = pg.BarGraphItem(x=[], height=[], width=_PROB_BAR_WIDTH,
                                           brush=pg.mkBrush(*_PROB_BRUSH), pen=None)
         self._sample_bars = pg.BarGraphItem(x=[], height=[], width=_SAMPLE_BAR_WIDTH,
@@ -74,13 +77,12 @@ class ProbabilityChart(QWidget):
         self.plot.addItem(self._prob_bars)
         self.plot.addItem(self._sample_bars)
         self.plot.addItem(self._truth_bars)
-        backing = QColor(self.palette().window().color())  # light or dark: the window's own colour
-        backing.setAlpha(200)
-        self.legend = self.plot.addLegend(offset=(-5, 5), brush=pg.mkBrush(backing))  # over the bars
+        self.legend = legend_above(self.plot.getPlotItem(), columns=3)  # above the bars, never over them
         self.legend.addItem(self._prob_bars, "softmax(logits / T)")
         self.legend.addItem(self._sample_bars, "after top-k / top-p")
         self._truth_label: str | None = None  # the truth's legend entry, while one is shown
         self.plot.scene().sigMouseClicked.connect(self._on_click)
+        self.plot.getPlotItem().vb.sigResized.connect(self._set_ticks)  # the room per label changed
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.plot)
@@ -99,12 +101,37 @@ class ProbabilityChart(QWidget):
         self._truth_bars.setOpts(x=xs if truth is not None else [], height=trues)
         self._truth_bars.setVisible(truth is not None)
         self._set_truth_legend(truth_label if truth is not None else None)
-        ticks = [(i, _short_label(c.text)) for i, c in enumerate(self._candidates)]
-        self.plot.getAxis("bottom").setTicks([ticks])
+        self._set_ticks()
         top = max(probs + samples + trues, default=0.0)
         # Zoom to the tallest bar: a flat distribution must still show its shape.
         self.plot.setYRange(0.0, max(0.02, min(1.0, top * 1.1)), padding=0)
         self.plot.setXRange(-0.6, max(len(xs), 1) - 0.4, padding=0)
+
+    def tick_labels(self) -> list[tuple[int, str]]:
+        """The bar labels drawn under the bars: (candidate index, text); some may be skipped."""
+        return list(self._ticks)
+
+    def label_slot_width(self) -> float:
+        """The pixels one bar's label may use (the distance between two bars)."""
+        width = self.plot.getPlotItem().vb.width()
+        return width / max(len(self._candidates), 1)
+
+    def _set_ticks(self) -> None:
+        """Labels that fit between their neighbours: elided to a bar's width, and where even a
+        short label does not fit, only every n-th bar labelled."""
+        axis = self.plot.getAxis("bottom")
+        metrics = QFontMetrics(axis.style.get("tickFont") or self.font())
+        slot = self.label_slot_width()
+        room = max(int(slot) - _LABEL_GAP_PX, 0)
+        labels = [_short_label(c.text) for c in self._candidates]
+        every = 1
+        narrowest = metrics.horizontalAdvance("W…")
+        if room < narrowest:
+            every = math.ceil((narrowest + _LABEL_GAP_PX) / max(slot, 1.0))
+            room = int(slot * every) - _LABEL_GAP_PX
+        self._ticks = [(i, metrics.elidedText(label, Qt.TextElideMode.ElideRight, room))
+                       for i, label in enumerate(labels) if i % every == 0]
+        axis.setTicks([self._ticks])
 
     def heights(self) -> list[float]:
         """The drawn probability bars, in candidate order."""
@@ -206,6 +233,10 @@ class CandidateTable(QTableWidget):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
         self.setColumnHidden(COL_TRUE, truth is None)
         self.setColumnHidden(COL_TEXT, in_text is None)
+        # Other candidates (another prompt, other sampling settings): a row highlighted for the
+        # old ones would point at a token that is no longer there.
+        self.clearSelection()
+        self.setCurrentItem(None)
         try:
             self._fill(candidates, truth, in_text)
         finally:

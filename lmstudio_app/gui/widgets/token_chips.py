@@ -33,6 +33,7 @@ _VISIBLE_WHITESPACE = {" ": "·", "\n": "⏎", "\t": "→", "\r": "␍"}
 # as light tints in a light theme and as muted tints in a dark one, with the palette's text colour.
 _PASTELS = ("#7fb3ff", "#ffb36b", "#8fdc8f", "#e39bd9", "#f2d56b", "#7fd9d6")
 _CHIP_ALPHA = 90
+UNK_LABEL = "<unk>"  # what a chip of the tokenizer's unknown token says (its text is the input it replaced)
 _MAX_CHIPS = 3000  # beyond this the strip ends with a "… N more tokens" note; the text is still there
 
 
@@ -47,6 +48,15 @@ def visible_text(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out) or "∅"
+
+
+def is_word_level(tokenizer: object) -> bool:
+    """Whether a tokenizer's unknown pieces are whole words (a word tokenizer, also when a run's
+    tokenizer.json was loaded back as a "file" one)."""
+    if getattr(tokenizer, "kind", "") == "word":
+        return True
+    hf = getattr(tokenizer, "hf", None)
+    return hf is not None and type(hf.model).__name__ == "WordLevel"
 
 
 def probability_color(prob: float | None) -> QColor | None:
@@ -81,6 +91,7 @@ class TokenChips(QWidget):
         self._rects: list[QRect] = []
         self._layout_width = -1
         self._placeholder = ""
+        self._unk_id: int | None = None
         self._id_font = QFont(self.font())
         self._id_font.setPointSizeF(max(6.0, self.font().pointSizeF() * 0.75))
         sp = QSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
@@ -117,6 +128,13 @@ class TokenChips(QWidget):
         if _update:
             self.update()
 
+    def set_unknown_id(self, token_id: int | None) -> None:
+        """The tokenizer's unknown token: its chips say ``<unk>`` (an ID 0 chip reading "zebra"
+        would claim the tokenizer knows the word)."""
+        if token_id != self._unk_id:
+            self._unk_id = token_id
+            self._relayout()
+
     def set_placeholder(self, text: str) -> None:
         """Shown in grey when there are no tokens (e.g. "Build a tokenizer first")."""
         self._placeholder = text
@@ -129,8 +147,9 @@ class TokenChips(QWidget):
         return list(self._tokens)
 
     def chip_text(self, index: int) -> str:
-        """The label drawn on chip ``index`` (whitespace made visible)."""
-        return visible_text(self._tokens[index].text)
+        """The label drawn on chip ``index`` (whitespace made visible; ``<unk>`` for the unknown token)."""
+        tok = self._tokens[index]
+        return UNK_LABEL if self._unk_id is not None and tok.id == self._unk_id else visible_text(tok.text)
 
     def chip_color(self, index: int) -> QColor:
         """The fill of chip ``index``: its colour-map entry or the alternating pastel."""
@@ -144,6 +163,8 @@ class TokenChips(QWidget):
     def chip_tooltip(self, index: int) -> str:
         tok = self._tokens[index]
         lines = [f"token {index}: {visible_text(tok.text)!r}", f"id {tok.id}", f"characters {tok.start}–{tok.end}"]
+        if self._unk_id is not None and tok.id == self._unk_id:
+            lines.insert(1, f"unknown to the tokenizer: {UNK_LABEL}")
         extra = self._tooltips[index] if index < len(self._tooltips) else ""
         return "\n".join(lines + ([extra] if extra else []))
 
@@ -176,7 +197,7 @@ class TokenChips(QWidget):
 
     def _chip_size(self, index: int, fm: QFontMetrics, id_fm: QFontMetrics) -> QSize:
         tok = self._tokens[index]
-        width = max(fm.horizontalAdvance(visible_text(tok.text)), id_fm.horizontalAdvance(str(tok.id)))
+        width = max(fm.horizontalAdvance(self.chip_text(index)), id_fm.horizontalAdvance(str(tok.id)))
         return QSize(width + 2 * self._PAD_X, fm.height() + id_fm.height() + 2 * self._PAD_Y)
 
     def _compute_rects(self, width: int) -> list[QRect]:

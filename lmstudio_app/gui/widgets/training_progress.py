@@ -8,12 +8,15 @@ widgets follow at most every :data:`STATUS_INTERVAL_MS`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
 
 from lmstudio_app.training.control import StepMetrics
 
 STATUS_INTERVAL_MS = 250  # progress texts (here and in the status bar) update at most this often
+PAUSED_POLL_MS = 200  # while paused: how often the step shown is re-read from the trainer
 
 
 def format_duration(seconds: float) -> str:
@@ -44,6 +47,44 @@ class ProgressStrip(QWidget):
         self._latest: StepMetrics | None = None
         self._timer = QTimer(self, singleShot=True, interval=STATUS_INTERVAL_MS)
         self._timer.timeout.connect(self._show)
+        # While paused the numbers are not frozen "running" ones: the strip says paused and shows
+        # the trainer's own step (the last report can lag it by up to log_interval steps, and
+        # the step in flight when Pause was pressed still finishes).
+        self._paused_step: Callable[[], int | None] | None = None
+        self._paused_timer = QTimer(self, interval=PAUSED_POLL_MS)
+        self._paused_timer.timeout.connect(self._show_paused)
+
+    def is_paused(self) -> bool:
+        return self._paused_step is not None
+
+    def pause(self, step: Callable[[], int | None]) -> None:
+        """Say "paused" (no ETA, no tokens/s) at the step ``step()`` returns, re-read until resumed."""
+        self._paused_step = step
+        self._timer.stop()
+        self._show_paused()
+        self._paused_timer.start()
+
+    def resume(self) -> None:
+        """Back to the running numbers (the ETA excludes the paused time: elapsed_s does)."""
+        if self._paused_step is None:
+            return
+        self._paused_step = None
+        self._paused_timer.stop()
+        self.rate_label.setText("Resuming…")
+        self._show()
+
+    def paused_step(self) -> int | None:
+        return self._paused_step() if self._paused_step is not None else None
+
+    def _show_paused(self) -> None:
+        step = self.paused_step()
+        if step is None:
+            return
+        self.progress.setValue(min(step, self.progress.maximum()))
+        loss = ""
+        if self._latest is not None and self._latest.train_loss is not None:
+            loss = f" · last loss {self._latest.train_loss:.4f}"
+        self.rate_label.setText(f"Paused at step {step:,}{loss} · ETA and tokens/s resume with training")
 
     def busy(self, message: str) -> None:
         """A busy indicator and a message, while a run is being prepared."""
@@ -52,10 +93,25 @@ class ProgressStrip(QWidget):
 
     def idle(self, message: str) -> None:
         """Leave the busy indicator (preparing failed or was cancelled)."""
+        self._end_pause()
         self.progress.setRange(0, 1)
         self.rate_label.setText(message)
 
+    def show_run(self, step: int, max_steps: int, message: str) -> None:
+        """A run opened from disk: its progress as it was saved, and ``message``."""
+        self._end_pause()
+        self._timer.stop()
+        self._first = self._latest = None
+        self.progress.setRange(0, max(max_steps, 1))
+        self.progress.setValue(min(step, max(max_steps, 1)))
+        self.rate_label.setText(message)
+
+    def _end_pause(self) -> None:
+        self._paused_step = None
+        self._paused_timer.stop()
+
     def begin(self, max_steps: int) -> None:
+        self._end_pause()
         self._first = self._latest = None
         self.progress.setRange(0, max_steps)
 
@@ -63,18 +119,21 @@ class ProgressStrip(QWidget):
         if self._first is None:
             self._first = (metrics.step, metrics.elapsed_s)
         self._latest = metrics
+        if self._paused_step is not None:
+            return  # the step finishing after Pause: the paused line shows it
         if not self._timer.isActive():
             self._timer.start()
 
     def finish(self, message: str) -> None:
         """Show the last report at once, then ``message`` (the run ended)."""
         self._timer.stop()
+        self._end_pause()
         self._show()
         self.rate_label.setText(message)
 
     def _show(self) -> None:
         metrics, first = self._latest, self._first
-        if metrics is None or first is None:
+        if metrics is None or first is None or self._paused_step is not None:
             return
         # QProgressBar.setValue repaints at once, inside the call and so holding the GIL the
         # training thread needs; with updates off it is painted later by the event loop.
