@@ -96,7 +96,7 @@ def _truncate(path: Path) -> None:
 
 DAMAGE = {
     "weights of another shape": (lambda run: _edit_config(run, "n_embd = 16", "n_embd = 32"), CheckpointError,
-                                 "checkpoint does not match the model: transformer.wte.weight has shape"),
+                                 "model.n_embd is 32 in config.toml but 16 beside the weights"),
     "truncated safetensors": (lambda run: _truncate(next((run / "checkpoints").glob("step_*/model.safetensors"))),
                               CheckpointError, "model.safetensors: corrupted checkpoint file"),
     "malformed tokenizer.json": (lambda run: (run / "tokenizer.json").write_text('{"model": ', encoding="utf-8"),

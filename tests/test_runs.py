@@ -10,7 +10,7 @@ import pytest
 
 from lmstudio_app.atomic_files import atomic_write_bytes, atomic_write_text
 from lmstudio_app.config import RunConfig, config_from_dict
-from lmstudio_app.errors import CheckpointError
+from lmstudio_app.errors import CheckpointError, ConfigError
 from lmstudio_app.runs import folder as runs
 from lmstudio_app.runs.folder import RunDir, new_run_path
 
@@ -111,11 +111,13 @@ def test_torn_last_line_is_skipped_and_the_next_append_starts_a_new_line(tmp_pat
 
 def test_resume_config_applies_only_resumable_keys(tmp_path):
     run = RunDir.create(tmp_path / "run", config_from_dict({"train": {"max_steps": 100, "learning_rate": 0.01}}))
-    requested = config_from_dict({"train": {"max_steps": 300, "learning_rate": 0.5}, "model": {"plugin": "bigram"}})
+    requested = config_from_dict({"train": {"max_steps": 300, "learning_rate": 0.5}})
     merged, ignored = run.resume_config(requested)
     assert merged.train.max_steps == 300
     assert merged.train.learning_rate == 0.01 and merged.model.plugin == "gpt"
-    assert "train.learning_rate" in ignored and "model.plugin" in ignored and "train.max_steps" not in ignored
+    assert "train.learning_rate" in ignored and "train.max_steps" not in ignored
+    with pytest.raises(ConfigError, match="model.plugin cannot change on resume"):  # see test_run_integrity
+        run.resume_config(config_from_dict({"model": {"plugin": "bigram"}}))
     assert run.resume_config(None)[0].train.max_steps == 100
 
 

@@ -171,6 +171,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(registry, corpus_fil
     assert latest_checkpoint(first.run_dir).name == "step_00000023"  # saved on stop, between evaluations
     if crash:  # as if killed after logging step 23 but before its checkpoint: resume from 20
         shutil.rmtree(first.run_dir.checkpoints_dir / "step_00000023")
+        (first.run_dir.checkpoints_dir / "latest").write_text("step_00000020\n")  # what such a kill leaves
     second = Trainer(None, registry, tmp_path / "resumed", resume=True)
     assert second.step == (20 if crash else 23)
     assert [r["step"] for r in second.run_dir.read_metrics()] == list(range(1, second.step + 1))

@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..config import RunConfig, load_config, validate_plugins
+from ..config import RunConfig, load_config, parse_override, validate_plugins
+from ..data.progress import StageProgress
 from ..devices import resolve_device
 from ..registry import PluginRegistry
 from ..runs.folder import RunDir
 from ..runs.metrics_sinks import TensorBoardSink, require_tensorboard
 from ..training.control import StepMetrics
-from ..training.distributed import DistInfo, cleanup, init_from_env
+from ..training.distributed import DistInfo, cleanup, init_from_env, note_run_folder, rank_failure
 from ..training.trainer import Trainer
 from .common import EXIT_INTERRUPTED, UsageError, resolve_data_files, with_overrides
 
@@ -38,6 +39,11 @@ def _train_config(args: argparse.Namespace) -> RunConfig | None:
         return with_overrides(config, args.overrides, str(path))
     if not args.overrides:
         return None  # the Trainer takes the run's saved config as it is
+    for text in args.overrides:  # these define the trained weights: never ignored without a word
+        section, key, _ = parse_override(text)
+        if section in ("model", "tokenizer"):
+            raise UsageError(f"--set {text[:80]}: {section}.{key} cannot change on resume (the run's weights and "
+                             "tokenizer are built from it); start a new run to change it")
     run = RunDir.open(args.resume)
     return with_overrides(run.load_config(), args.overrides, str(run.config_path))
 
@@ -112,6 +118,11 @@ def train_command(args: argparse.Namespace, registry: PluginRegistry) -> int:
         code = _train(args, registry, config, dist)
         finished = True
         return code
+    except Exception as exc:  # another rank died: name it, not the model plugin whose backward saw it
+        failure = rank_failure(exc) if dist is not None else None
+        if failure is None:
+            raise
+        raise failure from exc
     finally:
         cleanup(finished)
 
@@ -124,7 +135,11 @@ def _train(args: argparse.Namespace, registry: PluginRegistry, config: RunConfig
     if main:
         ranks = f" on {dist.world_size} ranks ({dist.backend})" if dist is not None else ""
         print(f"preparing the corpus, tokenizer and model{ranks}...", flush=True)
-    trainer = Trainer(config, registry, args.resume if resume else args.out, resume=resume, dist=dist)
+    trainer = Trainer(config, registry, args.resume if resume else args.out, resume=resume, dist=dist,
+                      progress=StageProgress(sys.stdout) if main else None)  # reading/tokenizing lines
+    for note in trainer.tokenizer.notes if main else ():  # e.g. BPE learned fewer tokens than asked
+        print(f"note: {note}", file=sys.stderr)
+    note_run_folder(trainer.run_dir.path if main and trainer.run_dir is not None else None)  # for stall messages
     if trainer.ignored_overrides and main:
         print(f"note: a resumed run keeps its {', '.join(trainer.ignored_overrides)}", file=sys.stderr)
     printer = _ProgressPrinter(sys.stdout, trainer.step)

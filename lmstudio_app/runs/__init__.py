@@ -4,9 +4,12 @@ Holds: ``folder`` (``RunDir``: config.toml, metrics.jsonl, timeline.jsonl, token
 checkpoints/), ``timeline`` (the watched prompts' history read back), ``snapshots`` (the weights
 at log-spaced steps),
 ``checkpoints`` (safetensors + JSON, written atomically, never unpickled), ``rng_state`` (the
-random generators' state in a checkpoint), ``loading`` (rebuild a saved run's model),
+random generators' state in a checkpoint), ``loading`` (rebuild a saved run's model), ``lock``
+(one training process per run folder), ``integrity`` (what a resume checks before it touches
+anything: ``latest``, state.json, the config beside the weights, the corpus fingerprint; the
+leftovers of a kill),
 ``metrics_sinks`` (TensorBoard and CSV) and ``export_hf`` (a Hugging Face transformers folder).
 
-May import: ``data``, ``config``, ``registry``, ``devices``, ``atomic_files`` and the plugin API.
+May import: ``data``, ``config``, ``registry``, ``devices``, ``atomic_files``, ``file_reads`` and the plugin API.
 Never inference, training, the CLI or the GUI.
 """

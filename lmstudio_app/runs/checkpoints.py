@@ -32,6 +32,7 @@ from torch.optim import Optimizer
 
 from ..atomic_files import atomic_write_bytes, atomic_write_text, fsync_dir
 from ..errors import CheckpointError
+from ..file_reads import SMALL_FILE_LIMIT, check_regular_file, read_bytes, read_text
 from .folder import RunDir
 from .rng_state import decode_rng, encode_rng
 
@@ -97,8 +98,9 @@ def _write_file(path: Path, data: bytes) -> None:
 
 
 def _read_safetensors(path: Path, device: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: checkpoint file missing")
+    check_regular_file(path, what="checkpoint file", error=CheckpointError)  # a FIFO would block safe_open
     try:
         with safe_open(str(path), framework="pt", device=device) as f:
             metadata = f.metadata() or {}
@@ -190,9 +192,10 @@ def save_checkpoint(
 
 def _run_config(run: RunDir) -> dict[str, Any]:
     """The run's config.toml as a mapping, stored in each checkpoint's state.json."""
+    text = read_text(run.config_path, what="run config", error=CheckpointError)
     try:
-        return tomllib.loads(run.config_path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{run.config_path}: cannot read the run config ({exc})") from None
 
 
@@ -245,8 +248,9 @@ def _prune(root: Path, keep: int, current: Path) -> None:
 def is_complete(folder: Path) -> bool:
     """Whether a checkpoint folder has all three files and their headers parse."""
     try:
-        json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        json.loads(read_bytes(folder / STATE_FILE, what="checkpoint state", error=CheckpointError))
         for fname in (MODEL_FILE, OPTIMIZER_FILE):
+            check_regular_file(folder / fname, what="checkpoint file", error=CheckpointError)
             with safe_open(str(folder / fname), framework="pt", device="cpu") as f:
                 f.keys()
     except Exception:  # any unreadable piece means "not usable", never an error here
@@ -262,11 +266,20 @@ def list_checkpoints(run: RunDir) -> list[Path]:
     return sorted(folders, key=_step_of)
 
 
+def read_latest(run: RunDir) -> str | None:
+    """What ``checkpoints/latest`` says (stripped), None when there is no such file; raises
+    CheckpointError when it is not a small regular text file."""
+    path = run.checkpoints_dir / LATEST_FILE
+    if not os.path.lexists(path):
+        return None
+    return read_text(path, what="latest checkpoint pointer", max_bytes=4096, error=CheckpointError).strip()
+
+
 def latest_checkpoint(run: RunDir) -> Path | None:
     """The folder named by ``latest`` if it is complete, else the newest complete folder, else None."""
     try:
-        name = (run.checkpoints_dir / LATEST_FILE).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
+        name = read_latest(run) or ""
+    except CheckpointError:
         name = ""
     if _STEP_DIR.match(name) and is_complete(run.checkpoints_dir / name):
         return run.checkpoints_dir / name
@@ -292,19 +305,24 @@ def unusable_checkpoints_error(run: RunDir) -> CheckpointError | None:
 
 def _diagnose(folder: Path) -> str:
     state = folder / STATE_FILE
-    try:
-        json.loads(state.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not os.path.lexists(state):
         return f"{state}: checkpoint file missing"
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    try:
+        json.loads(read_bytes(state, what="checkpoint state", error=CheckpointError))
+    except CheckpointError as exc:
+        return str(exc)
+    except (UnicodeDecodeError, ValueError) as exc:
         return f"{state}: corrupted checkpoint file ({_first_line(exc)})"
     for name in (MODEL_FILE, OPTIMIZER_FILE):
         path = folder / name
-        if not path.is_file():
+        if not os.path.lexists(path):
             return f"{path}: checkpoint file missing"
         try:
+            check_regular_file(path, what="checkpoint file", error=CheckpointError)
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 f.keys()
+        except CheckpointError as exc:
+            return str(exc)
         except Exception as exc:  # safetensors has its own error type for broken files
             return f"{path}: corrupted checkpoint file ({_first_line(exc)})"
     return f"{folder}: unreadable checkpoint"
@@ -312,6 +330,81 @@ def _diagnose(folder: Path) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _short(value: Any) -> str:
+    """A value for a message: its repr, cut (a hostile file may hold a huge string)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# extra's fields: what each must be (None is allowed for all but elapsed_s and tokens_seen).
+_EXTRA_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "elapsed_s": ("a number of seconds >= 0", lambda v: _is_number(v) and v >= 0),
+    "tokens_seen": ("a whole number >= 0", lambda v: _is_int(v) and v >= 0),
+    "val_loss": ("a number or null", lambda v: v is None or _is_number(v)),
+    "grad_scaler": ("a table or null", lambda v: v is None or isinstance(v, dict)),
+    "ranks": ("a table or null", lambda v: v is None or isinstance(v, dict)),
+    "compile_warning": ("a string", lambda v: isinstance(v, str)),
+    "lr_extension": ("a table or null", lambda v: v is None or isinstance(v, dict)),
+}
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    """A checkpoint's state.json, read bounded and checked field by field against itself and its
+    folder's name (``step_00000500`` must hold step 500): one line naming the file and the field
+    when anything is off, so a resume never acts on a value it cannot trust."""
+    state_path = Path(folder) / STATE_FILE
+    if not os.path.lexists(state_path):
+        raise CheckpointError(f"{state_path}: checkpoint file missing")
+    data = read_bytes(state_path, what="checkpoint state", max_bytes=SMALL_FILE_LIMIT, error=CheckpointError)
+    try:
+        state = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{state_path}: corrupted checkpoint file ({_first_line(exc)[:200]})") from None
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{state_path}: corrupted checkpoint file ({what})")
+
+    if not isinstance(state, dict):
+        raise bad(f"expected a JSON object, found {type(state).__name__}")
+    version = state.get("format_version")
+    if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(f"{state_path}: unsupported checkpoint format_version {_short(version)}")
+    step = state.get("step")
+    if not _is_int(step) or step < 0:
+        raise bad(f"step is {_short(step)}, not a whole number >= 0")
+    named = _step_of(Path(folder))
+    if named is not None and named != step:
+        raise bad(f"step is {step} but the folder is {Path(folder).name}")
+    optimizers = state.get("optimizers")
+    if not isinstance(optimizers, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("param_groups"), list)
+        and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in o["param_groups"])
+        and isinstance(o.get("scalars", {}), dict) and all(isinstance(v, dict) for v in o.get("scalars", {}).values())
+        for o in optimizers
+    ):
+        raise bad("optimizers is not a list of optimizer descriptions")
+    if not isinstance(state.get("rng"), dict):
+        raise bad(f"rng is {_short(state.get('rng'))}, not a table")
+    if not isinstance(state.get("config", {}), dict):
+        raise bad(f"config is {_short(state.get('config'))}, not a table")
+    extra = state.get("extra", {})
+    if not isinstance(extra, dict):
+        raise bad(f"extra is {_short(extra)}, not a table")
+    for key, (wanted, ok) in _EXTRA_FIELDS.items():
+        if key in extra and not ok(extra[key]):
+            raise bad(f"extra.{key} is {_short(extra[key])}, not {wanted}")
+    state["extra"] = extra
+    return state
 
 
 def _check_model_match(path: Path, model: nn.Module, tensors: dict, aliases: dict) -> dict[str, torch.Tensor]:
@@ -381,15 +474,7 @@ def load_checkpoint(
     if not path.is_dir():
         raise CheckpointError(f"{path}: checkpoint not found")
     state_path = path / STATE_FILE
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{state_path}: checkpoint file missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{state_path}: corrupted checkpoint file ({exc})") from None
-    version = state.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{state_path}: unsupported checkpoint format_version {version!r}")
+    state = read_state(path)
     device = str(map_location)
     tensors, metadata = _read_safetensors(path / MODEL_FILE, device)
     try:
@@ -400,7 +485,7 @@ def load_checkpoint(
     opt_states = []
     if optimizers is not None:
         opt_tensors, _ = _read_safetensors(path / OPTIMIZER_FILE, device)
-        opt_states = _optimizer_state_dicts(path, optimizers, state.get("optimizers", []), opt_tensors)
+        opt_states = _optimizer_state_dicts(path, optimizers, state["optimizers"], opt_tensors)
     try:
         rng = decode_rng(state["rng"])
     except (KeyError, TypeError, ValueError) as exc:

@@ -135,7 +135,10 @@ class RunController:
                 self._fail(run_id, exc)
             return
         if not self._current(run_id):
-            return  # stopped while preparing
+            close = getattr(trainer, "close", None)
+            if close is not None:  # stopped while preparing: free the run folder for the next start
+                close()
+            return
         self.history = self._recorded(trainer)
         self.trainer = trainer
         self._set_state(RunState.TRAINING, run_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -32,14 +33,51 @@ FUSED_ADAMW_DEVICES = ("cuda", "cpu", "mps", "xpu")
 STACK_ELEMENTS = 1 << 24  # Muon orthogonalises same-shape matrices in stacks of about this many numbers
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+@dataclass(frozen=True)
+class LrExtension:
+    """The schedule of a run resumed with another ``train.max_steps`` (see :func:`extend_schedule`):
+    from step ``start`` the rate goes from ``start_lr`` (the rate the run had reached) to
+    ``train.min_lr`` at ``max_steps``, in the schedule's shape (a cosine for ``cosine``, a straight
+    line for ``linear`` and ``wsd``). Stored in each checkpoint, so later resumes keep it."""
+
+    start: int
+    start_lr: float
+    max_steps: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "start_lr": self.start_lr, "max_steps": self.max_steps}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> LrExtension | None:
+        if not isinstance(raw, dict):
+            return None
+        start, start_lr, max_steps = raw.get("start"), raw.get("start_lr"), raw.get("max_steps")
+        if not (isinstance(start, int) and isinstance(max_steps, int) and isinstance(start_lr, (int, float))
+                and not isinstance(start, bool) and not isinstance(max_steps, bool) and 0 <= start < max_steps
+                and math.isfinite(start_lr) and start_lr >= 0):
+            return None
+        return cls(start, float(start_lr), max_steps)
+
+
+def lr_at(step: int, cfg: TrainConfig, extension: LrExtension | None = None) -> float:
     """Learning rate for optimiser step ``step`` (0-based) under ``cfg``'s schedule.
 
     Warmup rises linearly over ``warmup_steps`` (step 0 already gets peak / warmup_steps,
     the last warmup step the peak); then ``cosine`` and ``linear`` decay to ``min_lr`` at
     ``max_steps``, ``constant`` stays at the peak, and ``wsd`` stays at the peak until the last
-    ``warmdown_fraction`` of ``max_steps``, then falls linearly to ``min_lr``.
+    ``warmdown_fraction`` of ``max_steps``, then falls linearly to ``min_lr``. From an
+    ``extension``'s start on, its schedule applies instead.
     """
+    if extension is not None and step >= extension.start:
+        floor, start_lr = cfg.min_lr, extension.start_lr
+        progress = min(1.0, (step - extension.start) / max(1, cfg.max_steps - extension.start))
+        if cfg.schedule == "cosine":
+            return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (start_lr - floor)
+        return start_lr + (floor - start_lr) * progress
+    return _scheduled(step, cfg)
+
+
+def _scheduled(step: int, cfg: TrainConfig) -> float:
     peak, floor = cfg.learning_rate, cfg.min_lr
     if step < cfg.warmup_steps:
         return peak * (step + 1) / cfg.warmup_steps
@@ -60,9 +98,41 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     raise ValueError(f"train.schedule: {cfg.schedule!r} is not one of cosine, linear, constant, wsd")
 
 
-def lr_scale(step: int, cfg: TrainConfig) -> float:
+def lr_scale(step: int, cfg: TrainConfig, extension: LrExtension | None = None) -> float:
     """``lr_at(step) / learning_rate``: the factor applied to every group's peak rate."""
-    return lr_at(step, cfg) / cfg.learning_rate
+    return lr_at(step, cfg, extension) / cfg.learning_rate
+
+
+def extend_schedule(cfg: TrainConfig, step: int, saved_max_steps: int | None,
+                    saved: Any) -> tuple[LrExtension | None, str | None]:
+    """The schedule a run resumed at ``step`` follows, and a note for the user when it changed.
+
+    A schedule is laid out over ``max_steps``; stretching it to a new ``max_steps`` on resume
+    would move the rate at once (a finished cosine run extended to twice its length jumps from
+    ``min_lr`` back to the middle of the curve, ~14x higher with the defaults). Instead the rate
+    goes on from where the run was: when the new horizon would change the rate at ``step``, an
+    :class:`LrExtension` decays it from there to ``min_lr`` over the remaining steps. A run that
+    had decayed fully therefore goes on at ``min_lr``. Unchanged, or changed where it makes no
+    difference (warmup, ``constant``, the stable part of ``wsd``): the schedule as it was.
+    """
+    previous = LrExtension.from_dict(saved)
+    horizon = previous.max_steps if previous is not None else saved_max_steps
+    if horizon is None or horizon == cfg.max_steps or step >= cfg.max_steps:
+        return previous, None
+    old_cfg = replace(cfg, max_steps=horizon)
+    now = lr_at(step, old_cfg, previous)  # the rate the next step would have had
+    stretched = lr_at(step, cfg, None)
+    if previous is None and math.isclose(now, stretched, rel_tol=1e-9, abs_tol=0.0):
+        return None, None
+    extension = LrExtension(start=step, start_lr=now, max_steps=cfg.max_steps)
+    if math.isclose(now, cfg.min_lr, rel_tol=1e-6):
+        how = f"the schedule had finished, so the new steps train at train.min_lr {cfg.min_lr:.2e}"
+    else:
+        shape = "cosine" if cfg.schedule == "cosine" else "straight line"
+        how = (f"the learning rate goes on from {now:.2e}, where the run was, down a {shape} to "
+               f"train.min_lr {cfg.min_lr:.2e} at step {cfg.max_steps}")
+    return extension, (f"train.max_steps {horizon} -> {cfg.max_steps}: {how} (stretching the {cfg.schedule} "
+                       f"schedule would have moved it to {stretched:.2e} at once)")
 
 
 def _newton_schulz_dtype(device: torch.device) -> torch.dtype:

@@ -24,22 +24,25 @@ from torch import nn
 
 from ..config import RunConfig, TrainConfig, copy_config, validate_plugins
 from ..data.corpus import BatchSampler, TokenizedCorpus, iter_text_chunks, tokenize_corpus
+from ..data.coverage import check_coverage
 from ..data.files import FileInfo, load_corpus_text
 from ..devices import autocast_dtype, resolve_device, training_threads
-from ..errors import CheckpointError, ConfigError, DataError, LMStudioError, PluginCallError, TokenizerError
+from ..errors import CheckpointError, ConfigError, DataError, LMStudioError, TokenizerError
 from ..inference.predictor import EmptyPromptError, Predictor
 from ..inference.truth import TokenTruth, token_truth
 from ..params import params_to_dict
-from ..registry import plugin_call
+from ..registry import plugin_call, reraise_plugin_failure
 from ..resources import demo_corpus_path
 from ..runs import checkpoints as ckpt
+from ..runs import integrity
 from ..runs.folder import RunDir, new_run_path
+from ..runs.lock import RunLock
 from ..runs.rng_state import capture_rng, restore_rng
 from ..runs.snapshots import drop_snapshots_after
 from ..tokenizer import Tokenizer
-from . import distributed, faults
+from . import distributed, faults, model_checks
 from .distributed import DistInfo
-from .optimizers import build_optimizers
+from .optimizers import LrExtension, build_optimizers, extend_schedule
 from .watch import choose_prompts
 
 if TYPE_CHECKING:
@@ -88,6 +91,8 @@ class PreparedRun:
     run_dir: RunDir | None
     resumed: bool = False
     truth: TokenTruth | None = None  # the corpus's exact next-token odds, when a plugin knows them
+    run_lock: RunLock | None = None  # held while this process writes the run folder (rank 0)
+    notes: list[str] | None = None  # for the user: what was checked, cleaned or skipped
 
 
 def prepare_run(
@@ -103,10 +108,36 @@ def prepare_run(
     dist: DistInfo | None,
 ) -> PreparedRun:
     """Config, corpus, tokenizer, model, optimisers, samplers and run folder of a run (see Trainer)."""
+    locks: list[RunLock] = []
+    try:
+        return _prepare(config, registry, run_path, resume=resume, write_run=write_run, tokenizer=tokenizer,
+                        corpus=corpus, progress=progress, dist=dist, locks=locks)
+    except BaseException:
+        for lock in locks:  # a failed preparation leaves the folder free for the next try
+            lock.release()
+        raise
+
+
+def _prepare(
+    config: RunConfig | None,
+    registry: PluginRegistry,
+    run_path: Path | None,
+    *,
+    resume: bool,
+    write_run: bool,
+    tokenizer: Tokenizer | None,
+    corpus: TokenizedCorpus | None,
+    progress: ProgressCallback | None,
+    dist: DistInfo | None,
+    locks: list[RunLock],
+) -> PreparedRun:
+    main = dist is None or dist.is_main
     resumed: RunDir | None = None
     ignored: list[str] = []
+    notes: list[str] = []
     if resume:
-        resumed, config, ignored = _open_resumed(run_path, config)
+        resumed, config, ignored = _open_resumed(run_path, config, locks if main else None, notes)
+        integrity.check_tokenizer(resumed)  # before minutes of tokenizing with it
         if tokenizer is None:
             tokenizer = resumed.load_tokenizer()
     else:
@@ -117,9 +148,15 @@ def prepare_run(
             run_path = distributed.from_main(lambda: _creatable(run_path), dist)
     tok_params, model_params = _settle_plugin_params(config, registry, dist)
     device, dtype = _set_up_process(config.train, dist)
+    model_checks.check_memory(registry, config, model_params, None, device, dist)  # before minutes of tokenizing
     file_infos, tokenizer, corpus = _tokenizer_and_corpus(config, registry, tok_params, tokenizer, corpus,
                                                           progress, dist)
-    model = registry.build_model(config.model.plugin, model_params, tokenizer.vocab_size).to(device).train()
+    fingerprint = integrity.corpus_fingerprint(corpus.train, corpus.val) if write_run or resumed else None
+    if resumed is not None and fingerprint is not None and not integrity.check_corpus(resumed, fingerprint, [
+            str(f) for f in config.data.files] or ["the demo corpus"]) and main:
+        # A run made before fingerprints: record the data it continues on from now on.
+        integrity.save_corpus_fingerprint(resumed, fingerprint, _file_records(file_infos))
+    model = model_checks.build_checked_model(registry, config, model_params, tokenizer.vocab_size, device, dist)
     if dist is not None and dist.rank > 0:
         torch.manual_seed(config.train.seed + dist.rank)  # same weights, but each rank its own dropout masks
     optimizers = build_optimizers(model, config.train, device)
@@ -128,12 +165,25 @@ def prepare_run(
     config.watch = choose_prompts(config.watch, tokenizer, corpus, int(model.context_length),
                                   truth.spec.prompts if truth is not None else ())
     run_dir = _run_folder(config, tokenizer, resumed, run_path if write_run else None, dist)
+    if run_dir is not None and resumed is None and main:
+        locks.append(RunLock(run_dir.path).acquire())
+        if fingerprint is not None:
+            integrity.save_corpus_fingerprint(run_dir, fingerprint, _file_records(file_infos))
     return PreparedRun(
         config=config, ignored_overrides=ignored, device=device, dtype=dtype, file_infos=file_infos,
         tokenizer=tokenizer, corpus=corpus, model=model, model_owner=registry.owner("models", config.model.plugin),
         optimizers=optimizers, samplers=samplers, val_split=val_split, run_dir=run_dir, resumed=resumed is not None,
-        truth=truth,
+        truth=truth, run_lock=locks[0] if locks else None, notes=notes,
     )
+
+
+def _file_records(infos: list[FileInfo]) -> list[dict[str, Any]]:
+    """The files a run read, for corpus.json (and the message when they change)."""
+    records = []
+    for info in infos[:1000]:
+        path, size = getattr(info, "path", None), getattr(info, "size_bytes", None)
+        records.append({"path": str(path), **({"bytes": int(size)} if isinstance(size, int) else {})})
+    return records
 
 
 TRUTH_SAMPLE_TOKENS = 16_384  # of the training text, decoded for the truth plugins to recognise it
@@ -151,12 +201,19 @@ def _truth(registry: PluginRegistry, tokenizer: Tokenizer, corpus: TokenizedCorp
         return None
 
 
-def _open_resumed(run_path: Path | None, requested: RunConfig | None) -> tuple[RunDir, RunConfig, list[str]]:
+def _open_resumed(run_path: Path | None, requested: RunConfig | None, locks: list[RunLock] | None,
+                  notes: list[str]) -> tuple[RunDir, RunConfig, list[str]]:
     """The run folder to continue, its config (with the resumable keys of ``requested``) and the
-    keys of ``requested`` that a resumed run ignores."""
+    keys of ``requested`` that a resumed run ignores. On the writing rank the folder is locked
+    first (a second trainer is refused before any slow work) and a kill's leftovers are cleaned."""
     if run_path is None:
         raise CheckpointError("resume: no run folder given; name the run to continue")
     run = RunDir.open(run_path)
+    if locks is not None:
+        locks.append(RunLock(run.path).acquire())
+        cleaned = integrity.clean_leftovers(run)
+        if cleaned:
+            notes.append(f"{run.path}: cleaned up after an interrupted write ({', '.join(cleaned[:3])})")
     config, ignored = run.resume_config(requested)
     return run, config, ignored
 
@@ -221,6 +278,7 @@ def _tokenizer_and_corpus(
             f"the corpus was tokenized with {corpus.vocab_size} token IDs but the tokenizer has "
             f"{tokenizer.vocab_size}; tokenize the corpus again"
         )
+    check_coverage(tokenizer, corpus, text)  # mostly <unk>, or whole lines as tokens: stop before training
     return file_infos, tokenizer, corpus
 
 
@@ -238,16 +296,20 @@ def _tokenizer_from_main(build: Callable[[], Tokenizer], dist: DistInfo) -> Toke
 
 def _run_folder(config: RunConfig, tokenizer: Tokenizer, resumed: RunDir | None, new_path: Path | None,
                 dist: DistInfo | None) -> RunDir | None:
-    """The run folder written to: the resumed one (its config.toml updated if the resumable keys
-    changed), a new one at ``new_path`` (rank 0 creates it), or None without a run folder."""
-    main = dist is None or dist.is_main
+    """The run folder written to: the resumed one, a new one at ``new_path`` (rank 0 creates it), or None without a run folder."""
     if resumed is not None:
-        if main and config.to_dict() != resumed.load_config().to_dict():
-            resumed.save_config(config)
-        return resumed
+        return resumed  # its config.toml is updated once the checkpoint is restored (save_resumed_config)
     if new_path is None:
         return None
+    main = dist is None or dist.is_main
     return RunDir.create(new_path, config, tokenizer) if main else RunDir(new_path)  # rank 0 writes
+
+
+def save_resumed_config(run_dir: RunDir, config: RunConfig, dist: DistInfo | None) -> None:
+    """A resumed run's config.toml with the resumable keys it now trains with (e.g. a higher
+    max_steps); written only after the checkpoint was restored, so a refused resume changes nothing."""
+    if (dist is None or dist.is_main) and config.to_dict() != run_dir.load_config().to_dict():
+        run_dir.save_config(config)
 
 
 def _make_samplers(cfg: TrainConfig, corpus: TokenizedCorpus, ctx: int, device: torch.device,
@@ -295,32 +357,46 @@ class Restored:
     val_loss: float | None
     grad_scaler: dict[str, Any] | None
     warning: str | None  # set when the batches had to be re-seeded (another number of ranks)
+    lr_extension: LrExtension | None = None  # the schedule of a run extended past its horizon
 
 
-def restore_latest(run_dir: RunDir, model: nn.Module, optimizers: list[torch.optim.Optimizer],
-                   samplers: Mapping[str, BatchSampler], seed: int, device: torch.device,
+def restore_latest(run_dir: RunDir, config: RunConfig, model: nn.Module, optimizers: list[torch.optim.Optimizer],
+                   samplers: Mapping[str, BatchSampler], device: torch.device,
                    dist: DistInfo | None) -> Restored | None:
-    """Load the latest checkpoint into the given objects; None (and metrics cleared) if there is none."""
+    """Load the latest checkpoint into the given objects; None (and metrics cleared) if there is none.
+
+    Everything is read and checked (``latest`` vs the step folders, state.json vs its folder's
+    name, config.toml vs the config beside the weights vs their shapes) before the first byte of
+    the run folder is changed: a refused resume leaves the folder exactly as it was."""
     main = dist is None or dist.is_main
-    path = ckpt.latest_checkpoint(run_dir)
+    path = integrity.resume_checkpoint(run_dir)
     if path is None:  # stopped before the first checkpoint: start over, identically seeded
-        broken = ckpt.unusable_checkpoints_error(run_dir)
-        if broken is not None:  # never silently restart a run whose checkpoints are damaged
-            raise broken
         if main:
             run_dir.truncate_history(0)
             drop_snapshots_after(run_dir, -1)
         return None
+    state = ckpt.read_state(path)
+    integrity.check_config_matches_checkpoint(run_dir, config.to_dict(), state, path)
     state = ckpt.load_checkpoint(path, model, optimizers, map_location="cpu")
-    step = int(state["step"])
+    step = state["step"]
     restore_rng(state["rng"], samplers)  # rank 0's streams (all of them in a single process)
-    extra = state.get("extra", {})
-    warning = distributed.restore_rank_streams(extra.get("ranks"), samplers, seed, step, device, dist)
+    extra = state["extra"]
+    warning = distributed.restore_rank_streams(extra.get("ranks"), samplers, config.train.seed, step, device, dist)
+    extension, note = extend_schedule(config.train, step, _saved_max_steps(state), extra.get("lr_extension"))
+    if note is not None:
+        warning = f"{warning}; {note}" if warning else note
     if main:
         run_dir.truncate_history(step)
         drop_snapshots_after(run_dir, step)
     return Restored(step=step, elapsed_s=float(extra.get("elapsed_s", 0.0)), val_loss=extra.get("val_loss"),
-                    grad_scaler=extra.get("grad_scaler"), warning=warning)
+                    grad_scaler=extra.get("grad_scaler"), warning=warning, lr_extension=extension)
+
+
+def _saved_max_steps(state: dict[str, Any]) -> int | None:
+    """The train.max_steps the checkpoint was trained towards (from the config beside it)."""
+    train = state.get("config", {}).get("train")
+    value = train.get("max_steps") if isinstance(train, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 # -- evaluations ------------------------------------------------------------------------------
@@ -343,7 +419,9 @@ def mean_loss(model: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], tor
         raise
     except Exception as exc:
         if not faults.is_out_of_memory(exc):
-            raise PluginCallError(owner, "evaluation", exc) from exc
+            reraise_plugin_failure(owner, "evaluation", exc)
+    except BaseException as exc:  # sys.exit() or KeyboardInterrupt from the model's code: its error
+        reraise_plugin_failure(owner, "evaluation", exc)
     finally:
         model.train(was_training)
     faults.free_memory(device)  # outside the except block: the failed batch is gone

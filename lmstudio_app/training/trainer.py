@@ -26,15 +26,17 @@ from torch import nn
 from ..config import RunConfig
 from ..data.corpus import TokenizedCorpus
 from ..devices import synchronize
-from ..errors import CheckpointError, LMStudioError, ParamError, PluginCallError
+from ..errors import CheckpointError, LMStudioError, ParamError
 from ..inference.predictor import Predictor
+from ..registry import reraise_plugin_failure
+from ..runs.lock import RunLock
 from ..runs.snapshots import is_snapshot_step, save_snapshot
 from ..tokenizer import Tokenizer
 from . import distributed, faults
 from . import preparation as setup
 from .control import StepMetrics, StepPlan, TrainingControl
 from .distributed import DistInfo
-from .optimizers import lr_at, lr_scale, set_learning_rate
+from .optimizers import LrExtension, lr_at, lr_scale, set_learning_rate
 from .preparation import ProgressCallback
 from .watch import Watcher, prompts_of
 
@@ -69,6 +71,11 @@ class Trainer:
     ``progress(stage, done, total)`` follows preparation (stage "reading", "tokenizer" or
     "tokenizing"); ``dist`` (see :func:`~lmstudio_app.training.distributed.init_from_env`) makes this
     process one rank of a data-parallel run, which every rank trains in step with the others.
+
+    From preparing to the end of :meth:`steps` the run folder is locked (``runs/lock.py``): a
+    second trainer on it, in this process or another, is refused. A resume checks what it reads
+    before it changes anything (``runs/integrity.py``) and a step's metrics line is written
+    before its checkpoint, so a kill never leaves a gap in ``metrics.jsonl``.
     """
 
     def __init__(
@@ -109,13 +116,24 @@ class Trainer:
         self.tokenizer, self.corpus, self.model = prepared.tokenizer, prepared.corpus, prepared.model
         self.optimizers, self.val_split, self.run_dir = prepared.optimizers, prepared.val_split, prepared.run_dir
         self._model_owner, self._samplers = prepared.model_owner, prepared.samplers
+        # Held while this process writes the run folder (rank 0); released when steps() ends.
+        self._run_lock = prepared.run_lock
+        self._lr_extension: LrExtension | None = None  # a resumed run's schedule past its old max_steps
+        self._notes = list(prepared.notes or [])
+        try:
+            self._finish_init(prepared)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _finish_init(self, prepared: setup.PreparedRun) -> None:
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         cfg = self.config.train
         use_scaler = self.dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None  # fp16 needs loss scaling
         # Under torchrun, DDP averages the gradients during backward. self.model stays the plain
         # module: checkpoints hold its state_dict (no "module." prefix) and probes call it directly.
-        self._ddp = distributed.wrap_model(self.model, self.device) if dist is not None else None
+        self._ddp = distributed.wrap_model(self.model, self.device) if self.dist is not None else None
         self._train_module: nn.Module = self._ddp if self._ddp is not None else self.model
         self._no_sync = self._ddp.no_sync if self._ddp is not None else contextlib.nullcontext
         self._forward: Callable[[torch.Tensor], torch.Tensor] = self._train_module
@@ -124,6 +142,8 @@ class Trainer:
             self._forward = self._compiled_forward()
         if prepared.resumed:
             self._restore_latest()  # also drops timeline records past the checkpoint
+        if self._notes:  # shown with the first report, like the restore's own warning
+            self._pending_warning = "; ".join(self._notes + [self._pending_warning or ""]).rstrip("; ")
         self.truth = prepared.truth
         self._last_watched: tuple[int, float | None] | None = None  # (step, mean KL) of the last record
         watched = self.run_dir.timeline if self.run_dir is not None and self._main else None
@@ -146,14 +166,37 @@ class Trainer:
 
     def _restore_latest(self) -> None:
         assert self.run_dir is not None
-        restored = setup.restore_latest(self.run_dir, self.model, self.optimizers, self._samplers,
-                                        self.config.train.seed, self.device, self.dist)
+        restored = setup.restore_latest(self.run_dir, self.config, self.model, self.optimizers, self._samplers,
+                                        self.device, self.dist)
+        setup.save_resumed_config(self.run_dir, self.config, self.dist)
+        skipped = self.run_dir.metrics.note()  # lines truncate_history could not read
+        if skipped is not None:
+            self._notes.append(skipped)
         if restored is not None:
             self.step = self._last_saved_step = restored.step
             self._elapsed_offset, self.last_val_loss = restored.elapsed_s, restored.val_loss
+            self._lr_extension = restored.lr_extension
             if self.scaler is not None and restored.grad_scaler is not None:
                 self.scaler.load_state_dict(restored.grad_scaler)
             self._pending_warning = restored.warning  # shown with the first report (and in metrics.jsonl)
+
+    # -- the run folder's lock ----------------------------------------------------------------
+
+    def _take_lock(self) -> None:
+        """Lock the run folder again for another steps() (a finished run may be trained further)."""
+        if self.run_dir is None or not self._main:
+            return
+        if self._run_lock is None:
+            self._run_lock = RunLock(self.run_dir.path)
+        self._run_lock.acquire()
+
+    def _release_lock(self) -> None:
+        if self._run_lock is not None:
+            self._run_lock.release()
+
+    def close(self) -> None:
+        """Let another process train in the run folder (done by itself when steps() ends)."""
+        self._release_lock()
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -172,7 +215,7 @@ class Trainer:
 
         Out of memory, the step is retried with micro-batches half the size (same global batch)."""
         cfg = self.config.train
-        set_learning_rate(self.optimizers, lr_scale(self.step, cfg))
+        set_learning_rate(self.optimizers, lr_scale(self.step, cfg, self._lr_extension))
         if not self.model.training:  # a probe may have left it in eval mode
             self.model.train()
         while (total := self._accumulate()) is None:
@@ -216,7 +259,9 @@ class Trainer:
                 failure = "compile"
                 self._compile_failed(exc)
             else:
-                raise PluginCallError(self._model_owner, "the training step", exc) from exc
+                reraise_plugin_failure(self._model_owner, "the training step", exc)
+        except BaseException as exc:  # sys.exit() or KeyboardInterrupt from the model's code: its error
+            reraise_plugin_failure(self._model_owner, "the training step", exc)
         if not failure:
             self._compile_confirmed = True
             return total
@@ -277,6 +322,7 @@ class Trainer:
         norm: torch.Tensor | None = None
         self.stop_reason = None
         self._stop_agreed = False
+        self._take_lock()  # before the first write: another process may have started meanwhile
         self._active_since, self._paused_s = time.perf_counter(), 0.0
         try:
             if self.step == 0:
@@ -303,10 +349,14 @@ class Trainer:
                     metrics.val_loss = self.last_val_loss = self._checked_val_loss()
                     metrics.sample = self._sample_text() if self._main and plan.sample else None
                     metrics.kl_to_truth = self._watch()
+                # The step's record before its checkpoint: a kill in between resumes from the
+                # previous checkpoint, which drops the record and trains the step again, while the
+                # other order would lose the record for good (the resume starts after it).
+                if metrics is not None:
+                    self._log(metrics)
                 if plan.checkpoint and self.run_dir is not None:
                     self.save_checkpoint()
                 if metrics is not None:
-                    self._log(metrics)
                     yield metrics
             if self.step < cfg.max_steps:
                 yield from self._stopped_early(pending, norm, window)
@@ -321,6 +371,7 @@ class Trainer:
             raise
         finally:
             self._elapsed_offset, self._active_since = self._elapsed(), None
+            self._release_lock()
 
     def _snapshot(self) -> None:
         """Keep the weights at the log-spaced steps of :func:`~lmstudio_app.runs.snapshots.is_snapshot_step`,
@@ -362,10 +413,11 @@ class Trainer:
         """Stopped before max_steps: report the steps not reported yet and checkpoint where it stopped."""
         self.stop_reason = "stopped"
         final = self._report(self._check_losses(pending), norm, window) if pending else None
+        if final is not None:
+            self._log(final)  # before the checkpoint, as in the loop
         if self.step != self._last_saved_step and self.run_dir is not None:
             self.save_checkpoint()
         if final is not None:
-            self._log(final)
             yield final
 
     def _report(self, loss: float, norm: torch.Tensor | None, window: _Throughput) -> StepMetrics:
@@ -373,7 +425,7 @@ class Trainer:
         cfg = self.config.train
         metrics = StepMetrics(
             step=self.step, max_steps=cfg.max_steps, elapsed_s=self._elapsed(), train_loss=loss,
-            lr=lr_at(self.step - 1, cfg), tokens_per_s=window.take(),
+            lr=lr_at(self.step - 1, cfg, self._lr_extension), tokens_per_s=window.take(),
             tokens_seen=self.step * window.tokens_per_step,
             grad_norm=float(norm) if norm is not None else None, warning=self._pending_warning,
         )
@@ -439,8 +491,17 @@ class Trainer:
                 extra["compile_warning"] = self.compile_warning
             if self.scaler is not None:
                 extra["grad_scaler"] = self.scaler.state_dict()
-            path = setup.save_state(self.run_dir, self.model, self.optimizers, self.step, self._samplers, extra,
-                              self.device, self.dist)
+            if self._lr_extension is not None:
+                extra["lr_extension"] = self._lr_extension.to_dict()
+            held = self._run_lock is not None and self._run_lock.held
+            if not held:  # saved from the app after the run ended: lock the folder for the write
+                self._take_lock()
+            try:
+                path = setup.save_state(self.run_dir, self.model, self.optimizers, self.step, self._samplers, extra,
+                                        self.device, self.dist)
+            finally:
+                if not held:
+                    self._release_lock()
             self._last_saved_step = self.step
         return path
 
