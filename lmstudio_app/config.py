@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import tomli_w
 
 from .atomic_files import atomic_write_text
-from .errors import ConfigError, ParamError
+from .errors import ConfigError, LMStudioError, ParamError, cut, shown
+from .file_reads import SMALL_FILE_LIMIT, read_bytes
 from .params import build_params, param, params_to_dict
 
 if sys.version_info >= (3, 11):
@@ -68,6 +69,16 @@ class TrainConfig:
     seed: int = param(1337, min=0, max=2**31 - 1)
     compile: bool = param(False, help="torch.compile the model (pays off on long runs)")
     threads: int = param(0, min=0, max=1024, help="CPU threads; 0 = PyTorch's default")
+
+    def validate(self) -> None:
+        # The schedules decay from learning_rate to min_lr: a floor above the peak makes the rate
+        # climb all through the run (a constant schedule never reads min_lr).
+        if self.schedule != "constant" and self.min_lr > self.learning_rate:
+            raise ParamError(
+                f"train.min_lr = {self.min_lr:g} is above train.learning_rate = {self.learning_rate:g}, so the "
+                f"{self.schedule} schedule would raise the rate as it decays; set train.min_lr at most "
+                "train.learning_rate"
+            )
 
 
 @dataclass
@@ -123,39 +134,98 @@ class RunConfig:
 
 
 SECTIONS = ("data", "tokenizer", "model", "train", "watch")
+MAX_PLUGIN_NAME = 200  # a name, not a text: longer is a mistake (and would fill every message quoting it)
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "config") -> RunConfig:
     """Build a RunConfig from parsed TOML; plugin params stay raw until :func:`validate_plugins`."""
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"{source}: unknown section [{unknown[0]}] (sections: {', '.join(SECTIONS)})")
+        raise ConfigError(f"{source}: unknown section [{cut(str(unknown[0]))}] (sections: {', '.join(SECTIONS)})")
     try:
         data = build_params(DataConfig, raw.get("data", {}), "data")
         train = build_params(TrainConfig, raw.get("train", {}), "train")
         watch = build_params(WatchConfig, raw.get("watch", {}), "watch")
     except ParamError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    for section in SECTIONS:
+        _check_depth(raw.get(section, {}), section, source)
     choices = {}
     for section, default in (("tokenizer", "char"), ("model", "gpt")):
         body = dict(raw.get(section, {}))
         plugin = body.pop("plugin", default)
-        if not isinstance(plugin, str) or not plugin:
-            raise ConfigError(f"{source}: {section}.plugin must be a plugin name")
+        if not isinstance(plugin, str) or not plugin or len(plugin) > MAX_PLUGIN_NAME:
+            raise ConfigError(f"{source}: {section}.plugin must be a plugin name, got {shown(plugin)}")
         choices[section] = PluginChoice(plugin, body)
     return RunConfig(data=data, tokenizer=choices["tokenizer"], model=choices["model"], train=train, watch=watch)
+
+
+# Deeper than any config the app writes (a [section] of scalars and lists of strings is 2 levels);
+# far below what makes parsing, printing or saving a value recurse out of the stack.
+MAX_DEPTH = 8
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deeply ``value`` nests lists and tables, counting no further than ``limit + 1``."""
+    if limit < 0 or not isinstance(value, (list, dict)):
+        return 0
+    items = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(v, limit - 1) for v in items), default=0)
+
+
+def _check_depth(body: Any, section: str, source: str) -> None:
+    if not isinstance(body, dict):
+        return
+    for key, value in body.items():
+        if _depth(value, MAX_DEPTH) > MAX_DEPTH:
+            raise ConfigError(f"{source}: {section}.{cut(str(key))} nests lists or tables more than "
+                              f"{MAX_DEPTH} levels deep; a setting is a number, text, or a list of them")
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """Parse TOML text; every failure (syntax, nesting that overflows the parser, a number of
+    thousands of digits) is a :class:`ConfigError` naming ``source``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML ({cut(str(exc), 200)})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid TOML (lists or tables nested too deeply to read)") from None
+    except ValueError as exc:  # e.g. an integer past Python's 4300-digit conversion limit
+        raise ConfigError(f"{source}: invalid TOML ({cut(str(exc), 200)})") from None
+
+
+def read_toml(path: str | Path, what: str = "config file",
+              error: type[LMStudioError] = ConfigError) -> dict[str, Any]:
+    """A TOML file the app did not just write: a regular file of bounded size, UTF-8, parsed.
+
+    Read through :mod:`file_reads`, so a FIFO, a device or a huge file is refused, not read.
+    """
+    p = Path(path)
+    if not p.exists() and not p.is_symlink():  # (a dangling or looping link: file_reads says which)
+        raise error(f"{p}: {what} not found")
+    data = read_bytes(p, what=what, max_bytes=SMALL_FILE_LIMIT, error=error)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{p}: cannot read {what.removesuffix(' file')} (not UTF-8 at byte {exc.start})") from None
+    try:
+        return parse_toml(text, str(p))
+    except ConfigError as exc:
+        raise error(str(exc)) from None
 
 
 def parse_override(text: str) -> tuple[str, str, str]:
     """``section.key=value`` → (section, key, raw value)."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected section.key=value")
+        raise ConfigError(f"--set {shown(text)}: expected section.key=value")
     path, value = text.split("=", 1)
     parts = path.strip().split(".")
     if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.max_steps=500")
+        raise ConfigError(f"--set {shown(text)}: expected section.key=value, e.g. train.max_steps=500")
     if parts[0] not in SECTIONS:
-        raise ConfigError(f"--set {text!r}: unknown section {parts[0]!r} (sections: {', '.join(SECTIONS)})")
+        raise ConfigError(f"--set {shown(text)}: unknown section {shown(parts[0])} "
+                          f"(sections: {', '.join(SECTIONS)})")
     return parts[0], parts[1], value.strip()
 
 
@@ -163,8 +233,10 @@ def _parse_toml_value(raw: str) -> Any:
     """Read a --set value as TOML if it parses (numbers, booleans, lists), else as a string."""
     try:
         return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return raw  # as text: its key's own check then says what was expected
+    except ValueError as exc:  # a number of thousands of digits
+        raise ConfigError(f"--set value {shown(raw)}: not a number this app can read ({cut(str(exc), 60)})") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -183,17 +255,10 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
     if path is not None:
         p = Path(path)
         source = str(p)
-        try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{p}: cannot read config ({exc})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: invalid TOML ({exc})") from None
+        raw = read_toml(p, "config file")
     bad = [k for k, v in raw.items() if not isinstance(v, dict)]
     if bad:
-        raise ConfigError(f"{source}: {bad[0]} must be a [section]")
+        raise ConfigError(f"{source}: {cut(str(bad[0]))} must be a [section]")
     return config_from_dict(apply_overrides(raw, overrides), source)
 
 
@@ -210,10 +275,10 @@ def merge_config(base: RunConfig, raw: Mapping[str, Any], source: str = "preset"
 def load_preset(path: str | Path, base: RunConfig | None = None) -> RunConfig:
     """Apply a preset TOML (sections [tokenizer], [model], [train]; no [data]) to ``base``."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read preset ({exc})") from None
+    raw = read_toml(p, "preset file")
+    bad = [k for k, v in raw.items() if not isinstance(v, dict)]
+    if bad:
+        raise ConfigError(f"{p}: {cut(str(bad[0]))} must be a [section]")
     return merge_config(base or RunConfig(), raw, str(p))
 
 

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import ParamError
+from .errors import ParamError, cut, shown
 
 _META_KEY = "lmstudio"
 
@@ -66,6 +66,7 @@ class ParamInfo:
     label: str | None = None
     log_scale: bool = False
     optional: bool = False  # the annotation admits None
+    required: bool = False  # the dataclass gives no default: a config must set it
 
     @property
     def title(self) -> str:
@@ -92,18 +93,24 @@ def param_infos(cls: type) -> list[ParamInfo]:
     """The parameters of a params dataclass, in declaration order."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
-    hints = typing.get_type_hints(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as exc:  # a plugin's annotation naming something that does not exist
+        raise ParamError(f"{cls.__qualname__}: cannot read the params' type annotations "
+                         f"({type(exc).__name__}: {cut(str(exc))})") from None
     infos = []
     for f in dataclasses.fields(cls):
         base, optional = _resolve_type(hints.get(f.name, str))
         meta = dict(f.metadata.get(_META_KEY, {}))
+        required = False
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
         else:
-            default = None
-        infos.append(ParamInfo(name=f.name, type=base, default=default, optional=optional, **meta))
+            default, required = None, True
+        infos.append(ParamInfo(name=f.name, type=base, default=default, optional=optional, required=required,
+                               **meta))
     return infos
 
 
@@ -114,37 +121,40 @@ def _to_bool(value: Any, key: str) -> bool:
         return True
     if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
         return False
-    raise ParamError(f"{key}: expected true or false, got {value!r}")
+    raise ParamError(f"{key}: expected true or false, got {shown(value)}")
 
 
 def _to_int(value: Any, key: str) -> int:
     if isinstance(value, bool):  # bool is an int subclass: True is not 1 here
-        raise ParamError(f"{key}: expected an integer, got {value!r}")
+        raise ParamError(f"{key}: expected an integer, got {shown(value)}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, str):
         try:
             value = int(value.strip().replace("_", ""))
         except ValueError:
-            raise ParamError(f"{key}: expected an integer, got {value!r}") from None
+            raise ParamError(f"{key}: expected an integer, got {shown(value)}") from None
     if not isinstance(value, int):
-        raise ParamError(f"{key}: expected an integer, got {value!r}")
+        raise ParamError(f"{key}: expected an integer, got {shown(value)}")
     return value
 
 
 def _to_float(value: Any, key: str) -> float:
     if isinstance(value, bool):
-        raise ParamError(f"{key}: expected a number, got {value!r}")
+        raise ParamError(f"{key}: expected a number, got {shown(value)}")
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
-            raise ParamError(f"{key}: expected a number, got {value!r}") from None
+            raise ParamError(f"{key}: expected a number, got {shown(value)}") from None
     if not isinstance(value, (int, float)):
-        raise ParamError(f"{key}: expected a number, got {value!r}")
-    out = float(value)
+        raise ParamError(f"{key}: expected a number, got {shown(value)}")
+    try:
+        out = float(value)
+    except OverflowError:  # an integer of hundreds of digits: beyond any float
+        raise ParamError(f"{key}: {shown(value)} is too large for a number (at most about 1.8e308)") from None
     if not math.isfinite(out):
-        raise ParamError(f"{key}: expected a finite number, got {value!r}")
+        raise ParamError(f"{key}: expected a finite number, got {shown(value)}")
     return out
 
 
@@ -152,13 +162,13 @@ def _to_list(value: Any, key: str) -> list[str]:
     if isinstance(value, str):  # "a, b" from a form or --set
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ParamError(f"{key}: expected a list of strings, got {value!r}")
+        raise ParamError(f"{key}: expected a list of strings, got {shown(value)}")
     return list(value)
 
 
 def _to_str(value: Any, key: str) -> str:
     if not isinstance(value, str):
-        raise ParamError(f"{key}: expected text, got {value!r}")
+        raise ParamError(f"{key}: expected text, got {shown(value)}")
     return value
 
 
@@ -178,12 +188,12 @@ def coerce(info: ParamInfo, value: Any, where: str = "") -> Any:
     out = _CONVERTERS.get(info.type, _to_str)(value, key)
     if info.choices is not None and out not in info.choices:
         allowed = ", ".join(repr(c) for c in info.choices)
-        raise ParamError(f"{key}: {out!r} is not one of {allowed}")
+        raise ParamError(f"{key}: {shown(out)} is not one of {allowed}")
     if info.type in (int, float):
         if info.min is not None and out < info.min:
-            raise ParamError(f"{key}: {out} is below the minimum {info.min:g}")
+            raise ParamError(f"{key}: {shown(out)} is below the minimum {info.min:g}")
         if info.max is not None and out > info.max:
-            raise ParamError(f"{key}: {out} is above the maximum {info.max:g}")
+            raise ParamError(f"{key}: {shown(out)} is above the maximum {info.max:g}")
     return out
 
 
@@ -195,8 +205,12 @@ def build_params(cls: type, values: Mapping[str, Any] | None = None, where: str 
     if unknown:
         prefix = f"{where}." if where else ""
         known = ", ".join(infos) or "none"
-        raise ParamError(f"{prefix}{unknown[0]}: unknown key (known keys: {known})")
+        raise ParamError(f"{prefix}{cut(str(unknown[0]))}: unknown key (known keys: {known})")
     kwargs = {name: coerce(info, values[name], where) for name, info in infos.items() if name in values}
+    missing = [name for name, info in infos.items() if info.required and name not in values]
+    if missing:  # cls(**kwargs) would raise a bare TypeError
+        prefix = f"{where}." if where else ""
+        raise ParamError(f"{prefix}{missing[0]}: a value is required ({cls.__qualname__} gives it no default)")
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)  # cross-field rules, e.g. width divisible by heads
     if callable(check):

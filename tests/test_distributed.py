@@ -6,15 +6,21 @@ each micro-batch as the concatenation of what rank 0 and rank 1 draw (same seeds
 with correct gradient averaging the two runs then compute the same mathematics and their losses
 agree to float rounding (measured max |difference| 4.8e-7 over 20 steps). Without gradient
 averaging they differ by 7e-2, and with every rank drawing the same batches by 9e-2.
+
+The last tests stop (``kill -STOP``) or kill one rank mid-run, with a 3-second stall timeout: every
+rank must end within seconds with a line naming it, and the run's last checkpoint must load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,9 @@ from lmstudio_app.config import TrainConfig, load_config
 from lmstudio_app.data.corpus import BatchSampler
 from lmstudio_app.errors import ConfigError, ParamError
 from lmstudio_app.registry import PluginRegistry
+from lmstudio_app.runs.checkpoints import latest_checkpoint
 from lmstudio_app.runs.folder import RunDir
+from lmstudio_app.runs.loading import load_run
 from lmstudio_app.training import distributed
 from lmstudio_app.training.preparation import micro_batch_size
 from lmstudio_app.training.trainer import Trainer
@@ -143,6 +151,7 @@ def test_resume_on_the_same_ranks_continues_each_ranks_batches_exactly(setup):
     folder = setup["folder"]
     shutil.copytree(folder / "pristine", folder / "interrupted")
     shutil.rmtree(folder / "interrupted" / "checkpoints" / "step_00000020")  # as if stopped at step 10
+    (folder / "interrupted" / "checkpoints" / "latest").write_text("step_00000010\n", encoding="utf-8")
     torchrun_train(folder, "--resume", "interrupted")
     resumed = RunDir.open(folder / "interrupted").read_metrics()
     assert [r["step"] for r in resumed] == list(range(1, 21))
@@ -209,3 +218,89 @@ def test_torchrun_command():
         "-m lmstudio_app train 'my runs/c.toml' --out runs/big")
     with pytest.raises(ParamError, match="nproc"):
         distributed.torchrun_command("c.toml", 0)
+
+
+# -- a stalled or dead rank ---------------------------------------------------------------------
+
+STALL_TIMEOUT = 3.0  # seconds without a heartbeat before a rank counts as stalled (default 180)
+
+
+def _rank_pids(parent: int) -> dict[int, int]:
+    """{RANK: pid} of the lmstudio processes torchrun (pid ``parent``) started."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[1]) != parent:
+                continue
+            env = dict(item.split("=", 1) for item in (entry / "environ").read_text().split("\0") if "=" in item)
+        except (OSError, IndexError, ValueError):
+            continue
+        if "RANK" in env:
+            found[int(env["RANK"])] = int(entry.name)
+    return found
+
+
+def _start_long_run(folder: Path, name: str, *torchrun: str) -> tuple[subprocess.Popen, dict[int, int], Path]:
+    """torchrun training a long run with a checkpoint every 5 steps; returns once step 7 is logged.
+    Its stdout and stderr go to NAME.out and NAME.err (a pipe nobody reads could block it)."""
+    (folder / "corpus.txt").write_text(generate_demo_corpus(1500, seed=3), encoding="utf-8")
+    (folder / f"{name}.toml").write_text(
+        CONFIG.replace("max_steps = 20", "max_steps = 100000").replace("eval_interval = 10", "eval_interval = 5"),
+        encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LMSTUDIO_PLUGINS": "none", "LMSTUDIO_HOME": str(folder / "home"),
+           "LMSTUDIO_STALL_TIMEOUT": str(STALL_TIMEOUT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}", *torchrun,
+         "-m", "lmstudio_app", "train", f"{name}.toml", "--out", name],
+        cwd=folder, env=env, stdout=(folder / f"{name}.out").open("w"), stderr=(folder / f"{name}.err").open("w"))
+    run = folder / name
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text(encoding="utf-8").count("\n") >= 7:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, (folder / f"{name}.err").read_text()[-3000:]
+    pids = _rank_pids(proc.pid)
+    assert sorted(pids) == [0, 1], pids
+    return proc, pids, run
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks' processes through /proc")
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_a_stalled_or_dead_rank_ends_every_rank_within_the_timeout_naming_it(how, tmp_path):
+    # torchrun checks its workers every 0.1 s and SIGTERMs the rest once one has died, which can
+    # beat rank 0 to its message on a loaded machine; every 3 s here, so the message is tested.
+    proc, pids, run = _start_long_run(tmp_path, "stall", *(["--monitor-interval=3"] if how == "killed" else []))
+    # Stopped: rank 1 freezes mid-run and the others wait in a collective (for 60 minutes, before).
+    # Killed: the others' collective fails inside DDP's backward (read "plugin 'builtins' failed").
+    os.kill(pids[1], signal.SIGSTOP if how == "stopped" else signal.SIGKILL)
+    stopped = time.monotonic()
+    try:
+        proc.wait(timeout=STALL_TIMEOUT + 40)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[1], signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+    took = time.monotonic() - stopped
+    err = (tmp_path / "stall.err").read_text()
+    print(f"torchrun ended {took:.1f} s after rank 1 was stopped")
+    assert proc.returncode != 0
+    assert took < STALL_TIMEOUT + 20  # not COLLECTIVE_TIMEOUT (60 min), nor torchrun's 30 s SIGKILL grace
+    assert f"lmstudio: error: rank 1 (pid {pids[1]} on " in err, err[-3000:]
+    if how == "stopped":
+        assert "has stalled: no sign of life for 3 s (LMSTUDIO_STALL_TIMEOUT=3)" in err, err[-3000:]
+    else:
+        assert "ended during training (" in err and "every rank stops" in err, err[-3000:]
+    assert "plugin 'builtins'" not in err and "Traceback" not in err.split("lmstudio: error:")[0]
+    checkpoint = latest_checkpoint(RunDir.open(run))  # the last checkpoint is kept, named, and loads
+    assert f"The run's last checkpoint, {checkpoint.name}, is kept: resume it with --resume stall" in err
+    assert not Path(f"/proc/{pids[1]}").exists()  # the stalled rank was ended too
+    assert int(checkpoint.name.split("_")[1]) >= 5
+    load_run(run, PluginRegistry.discover(use_user_dir=False), "cpu")  # the weights load
+    records = RunDir.open(run).read_metrics()
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1))

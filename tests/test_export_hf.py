@@ -91,7 +91,7 @@ def test_export_loads_in_transformers_with_the_same_logits_and_token_ids(
     out = export_run(run, tmp_path / "hf", registry)
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
+        ".lmstudio-export.json", "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
         "tokenizer.json", "tokenizer_config.json",
     ]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp folders left behind"
@@ -181,12 +181,13 @@ def test_output_folder_must_be_new_empty_or_an_earlier_export(registry, corpus_f
     (other / "todo.txt").write_text("keep me", encoding="utf-8")
     with pytest.raises(ExportError, match="folder is not empty"):
         export_run(run, other, registry)
-    with pytest.raises(ExportError, match=r"not an earlier export \(no config.json\)"):
+    with pytest.raises(ExportError, match=r"not an earlier export \(no .lmstudio-export.json marker\)"):
         export_run(run, other, registry, overwrite=True)
     assert (other / "todo.txt").read_text(encoding="utf-8") == "keep me"
 
     out = export_run(run, tmp_path / "hf", registry)
     (out / "stale.txt").write_text("from before", encoding="utf-8")
     export_run(run, out, registry, overwrite=True)
-    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+    # Only the export's own files are replaced: a file the person put beside them stays.
+    assert (out / "stale.txt").read_text(encoding="utf-8") == "from before" and (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "notes", "run"]

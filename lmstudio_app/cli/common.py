@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import RunConfig, apply_overrides, config_from_dict, parse_override
+from ..errors import MESSAGE_CHARS, cut
 
 PROG = "lmstudio"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -47,4 +48,5 @@ def with_overrides(config: RunConfig, overrides: Sequence[str], source: str) -> 
 def print_error(message: str) -> None:
     """The one line every failure prints: ``lmstudio: error: <first line of message>``."""
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    print(f"{PROG}: error: {first}", file=sys.stderr, flush=True)
+    # The last resort for a message that quotes a huge value without errors.shown: one line stays short.
+    print(f"{PROG}: error: {cut(first, MESSAGE_CHARS)}", file=sys.stderr, flush=True)

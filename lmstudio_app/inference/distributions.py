@@ -8,11 +8,13 @@ turn a row into a :class:`NextTokenPrediction` with :func:`build_prediction`.
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ParamError
+from ..errors import ParamError, shown
 from ..tokenizer import Token, Tokenizer
 
 
@@ -61,18 +63,32 @@ class TokenSurprise:
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Validate sampling settings; raise :class:`ParamError` naming the bad one."""
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ParamError(f"temperature: must be above 0, got {temperature!r}")
+    if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+            and 0 < temperature < math.inf):  # no float(): an int of 400 digits would overflow
+        raise ParamError(f"temperature: must be above 0, got {shown(temperature)}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ParamError(f"top_k: must be a whole number of at least 1, got {top_k!r}")
+        raise ParamError(f"top_k: must be a whole number of at least 1, got {shown(top_k)}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ParamError(f"top_p: must be above 0 and at most 1, got {top_p!r}")
+        raise ParamError(f"top_p: must be above 0 and at most 1, got {shown(top_p)}")
+
+
+def check_seed(seed: int | None) -> None:
+    """A sampling seed is None (fresh randomness) or a whole number of at least 0."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise ParamError(f"seed: must be a whole number of at least 0, got {shown(seed)}")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Numerically stable softmax in float64."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = np.exp(z - z.max())
+    """Numerically stable softmax in float64, for any temperature above 0.
+
+    The maximum is subtracted *before* dividing: a tiny temperature (1e-320) then sends every
+    other logit to -inf (probability 0) instead of every logit to inf (inf - inf = nan), which is
+    the limit it tends to: all the mass on the most likely token(s).
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    t = float(min(temperature, sys.float_info.max))  # an int of 400 digits: as good as the largest float
+    with np.errstate(over="ignore", under="ignore"):
+        z = np.exp((z - z.max()) / t)
     return z / z.sum()
 
 
@@ -110,7 +126,7 @@ def build_prediction(
     """The prediction after ``tokens[position]`` from that row's ``logits`` ``(V,)`` (float64)."""
     check_sampling(temperature, top_k, top_p)
     if k < 1:
-        raise ParamError(f"k: must be at least 1, got {k!r}")
+        raise ParamError(f"k: must be at least 1, got {shown(k)}")
     probs = softmax(logits, temperature)
     sample_probs = filter_probs(probs, top_k, top_p)
     top = np.argsort(-probs, kind="stable")[: min(k, len(probs))]

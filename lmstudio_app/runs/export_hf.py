@@ -14,6 +14,12 @@ refused with a message naming the option. The export reads the model's params fr
 ``config.toml`` and its weights through :func:`~lmstudio_app.runs.loading.load_run`, so it needs
 neither ``transformers`` nor the plugin's code; the folder is written next to its destination
 and renamed into place, so an interrupted export never leaves a half-written model.
+
+Every export leaves a marker, ``.lmstudio-export.json``, listing the files it wrote. Only that
+list is ever replaced or deleted by ``overwrite``: a folder without a marker is not an earlier
+export (whatever else it holds, a ``config.json`` included), files the person added beside an
+export stay, a file of theirs that an export would replace is refused by name, and the run
+folder itself (or anything inside it other than a folder of its own) is never a target.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +36,8 @@ from safetensors.torch import save_file
 
 from ..atomic_files import atomic_write_text, fsync_dir
 from ..config import RunConfig, validate_plugins
-from ..errors import ExportError
+from ..errors import ExportError, shown
+from ..file_reads import SMALL_FILE_LIMIT, read_text
 from ..tokenizer import Tokenizer
 from .folder import RunDir
 from .loading import load_run
@@ -40,6 +46,7 @@ if TYPE_CHECKING:
     from ..registry import PluginRegistry
 
 FORMATS = ("hf",)
+MARKER = ".lmstudio-export.json"  # the files an export wrote: the only ones an overwrite touches
 ROPE_THETA = 10000.0  # the GPT plugin's rotary base; checked against the model's own tables
 
 # Names a tokenizer's special tokens go by, per role (first match wins).
@@ -105,12 +112,14 @@ def export_run(
 ) -> Path:
     """Write the run's latest (or given) checkpoint as a transformers model folder; return its path.
 
-    ``out_dir`` must be missing or empty; with ``overwrite`` it may also be an earlier export
-    (a folder holding config.json), which is replaced only once the new one is complete.
+    ``out_dir`` must be missing or empty; with ``overwrite`` it may also hold an earlier export
+    (its marker lists the files it wrote): only those are replaced, once the new files are
+    complete, and nothing else in the folder is touched. Never the run folder itself.
     """
     if fmt not in FORMATS:
-        raise ExportError(f"--format {fmt!r}: unknown export format (formats: {', '.join(FORMATS)})")
+        raise ExportError(f"--format {shown(fmt)}: unknown export format (formats: {', '.join(FORMATS)})")
     out = Path(out_dir)
+    _check_not_the_run(out, Path(run_dir))
     _check_target(out, overwrite)
     config = RunDir.open(run_dir).load_config()
     family, p = _family_and_params(config, registry)  # refuse before the slow part
@@ -304,28 +313,84 @@ def _generation_config(hf_config: dict[str, Any], context_length: int) -> dict[s
 # -- the folder ---------------------------------------------------------------------------------
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
+def _check_not_the_run(out: Path, run_dir: Path) -> None:
+    """The run folder, or a folder inside it that the run uses, is never an export's target."""
+    try:
+        target, run = out.resolve(), run_dir.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise ExportError(f"{out}: cannot resolve the output folder ({exc})") from None
+    if target == run:
+        raise ExportError(f"{out}: is the run folder itself; export to a new folder (e.g. {run / 'hf'})")
+    if target.is_relative_to(run) and target.relative_to(run).parts[0] in _RUN_PARTS:
+        raise ExportError(f"{out}: is inside the run's {target.relative_to(run).parts[0]}; export to a new folder")
+
+
+# What a run folder holds (runs/folder.py): an export may go into a new subfolder, never into these.
+_RUN_PARTS = frozenset({"checkpoints", "snapshots", "tensorboard", "config.toml", "metrics.jsonl",
+                        "timeline.jsonl", "tokenizer.json"})
+
+
+def _read_marker(out: Path) -> set[str]:
+    """The files an earlier export listed in ``out``'s marker; ExportError if there is no valid one."""
+    marker = out / MARKER
+    if not marker.exists() and not marker.is_symlink():
+        raise ExportError(
+            f"{out}: not an earlier export (no {MARKER} marker); refusing to replace anything in it — "
+            "pick a new folder"
+        )
+    text = read_text(marker, what="export marker", max_bytes=SMALL_FILE_LIMIT, error=ExportError)
+    try:
+        data = json.loads(text)
+        files = data["files"]
+    except (ValueError, KeyError, TypeError):
+        raise ExportError(f"{marker}: not a valid export marker (expected JSON with a \"files\" list)") from None
+    if not isinstance(files, list) or not all(isinstance(f, str) and _plain_name(f) for f in files):
+        # A marker naming "../run/config.toml" or a subfolder must not make us delete it.
+        raise ExportError(f"{marker}: lists something that is not a plain file name in {out}; refusing to use it")
+    return set(files)
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..", MARKER) and "/" not in name and "\\" not in name \
+        and "\0" not in name
+
+
+def _check_target(out: Path, overwrite: bool, new_files: set[str] | None = None) -> set[str]:
+    """The files of an earlier export in ``out`` that this one may replace or delete (empty for
+    a new or empty folder); ExportError when ``out`` cannot take an export."""
+    if not out.exists() and not out.is_symlink():
+        return set()
     if not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder")
     if not any(out.iterdir()):
-        return
+        return set()
     if not overwrite:
         raise ExportError(f"{out}: folder is not empty; pick a new folder or overwrite an earlier export")
-    if not (out / "config.json").is_file():
-        raise ExportError(f"{out}: not an earlier export (no config.json); refusing to replace it")
+    old = _read_marker(out)
+    for name in sorted((new_files or set(EXPORT_FILES)) - old):
+        if (out / name).exists() or (out / name).is_symlink():
+            raise ExportError(f"{out / name}: is not from the earlier export; refusing to replace it")
+    return old
+
+
+# The files an hf export writes (besides the marker).
+EXPORT_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json")
 
 
 def _dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
+def _marker_text(files: set[str] | list[str]) -> str:
+    return _dumps({"lmstudio_export": 1, "format": "hf", "files": sorted(files)})
+
+
 def _write_folder(
     out: Path, overwrite: bool, tensors: dict[str, torch.Tensor], hf_config: dict[str, Any],
     tokenizer: Tokenizer, specials: dict[str, str], context_length: int,
 ) -> None:
-    """Write everything into a hidden sibling folder, then rename it into place."""
+    """Write everything into a hidden sibling folder, then move it (or its files) into place."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
@@ -340,24 +405,31 @@ def _write_folder(
         tokenizer.save(tmp / "tokenizer.json")
         atomic_write_text(tmp / "tokenizer_config.json", _dumps(_tokenizer_config(specials, context_length)))
         atomic_write_text(tmp / "special_tokens_map.json", _dumps(specials))
-        _replace_folder(tmp, out, overwrite)
+        new_files = {p.name for p in tmp.iterdir()}
+        atomic_write_text(tmp / MARKER, _marker_text(new_files))
+        _replace_folder(tmp, out, overwrite, new_files)
     except OSError as exc:
         raise ExportError(f"{out}: cannot write the export ({exc.strerror or exc})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _replace_folder(tmp: Path, out: Path, overwrite: bool) -> None:
-    _check_target(out, overwrite)  # again: the folder may have changed while we worked
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            os.replace(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+def _replace_folder(tmp: Path, out: Path, overwrite: bool, new_files: set[str]) -> None:
+    old = _check_target(out, overwrite, new_files)  # again: the folder may have changed while we worked
+    if not out.exists() or not any(out.iterdir()):  # new or empty: the whole folder at once
+        if out.exists():
+            out.rmdir()
         os.replace(tmp, out)
-    fsync_dir(out.parent)
+        fsync_dir(out.parent)
+        return
+    # An earlier export, maybe among the person's own files: replace only what it wrote. The
+    # marker first lists both exports' files, so an export interrupted here can be overwritten.
+    atomic_write_text(out / MARKER, _marker_text(old | new_files))
+    for name in sorted(new_files):
+        os.replace(tmp / name, out / name)
+    for name in sorted(old - new_files):
+        path = out / name
+        if path.is_symlink() or path.is_file():  # never a folder, never what a link points to
+            path.unlink(missing_ok=True)
+    atomic_write_text(out / MARKER, _marker_text(new_files))
+    fsync_dir(out)

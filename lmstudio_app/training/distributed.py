@@ -12,12 +12,20 @@ unconditionally where that keeps its code simple.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import re
 import shlex
+import signal
+import socket
+import sys
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -25,7 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError, LMStudioError, ParamError, TrainingError
+from ..errors import ConfigError, LMStudioError, ParamError, TrainingError, cut, shown
+from ..file_reads import read_text
 from ..runs.rng_state import b64_to_byte_tensor, tensor_to_b64
 
 if TYPE_CHECKING:
@@ -38,6 +47,11 @@ DEFAULT_PORT = 29500
 # Rank 0 trains the tokenizer while the other ranks wait in a collective; a BPE tokenizer on a
 # large corpus takes minutes, more than the default 10-minute collective timeout allows.
 COLLECTIVE_TIMEOUT = timedelta(minutes=60)
+# A rank that shows no sign of life for this long (stopped with kill -STOP, frozen, its machine
+# gone) ends the job on every rank with a message naming it, instead of the others waiting in a
+# collective for COLLECTIVE_TIMEOUT. Seconds; 0 turns the watch off. See docs/distributed.md.
+STALL_ENV = "LMSTUDIO_STALL_TIMEOUT"
+DEFAULT_STALL_TIMEOUT = 180.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +75,7 @@ def _env_int(name: str) -> int | None:
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not a whole number") from None
+        raise ConfigError(f"environment variable {name}={shown(raw)} is not a whole number") from None
     if value < 0:
         raise ConfigError(f"environment variable {name}={value} is negative")
     return value
@@ -120,7 +134,9 @@ def init_from_env(device_type: str | None = None) -> DistInfo | None:
                 raise ConfigError(f"environment variable {name} is not set; launch with torchrun")
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT,
                                 device_id=device_id)
-    return DistInfo(rank, world, local, backend)
+    info = DistInfo(rank, world, local, backend)
+    _start_watch(info)
+    return info
 
 
 def is_initialized() -> bool:
@@ -215,7 +231,10 @@ def cleanup(finished: bool = False) -> None:
     if is_initialized():
         if finished:
             dist.barrier()
+        else:
+            _post_failure()
         dist.destroy_process_group()
+    _stop_watch()
 
 
 def torchrun_command(
@@ -303,3 +322,313 @@ def restore_rank_streams(saved: Mapping[str, Any] | None, samplers: Mapping[str,
         torch.manual_seed(reseeded(seed, step, rank, len(STREAMS)))
     return (f"resumed on {world} rank(s) from a checkpoint saved by {saved_world}: the batch samplers were "
             f"re-seeded from (seed {seed}, step {step}, rank), so later batches differ from an uninterrupted run")
+
+
+# -- a stalled or dead rank ------------------------------------------------------------------
+
+
+def stall_timeout_from_env() -> float:
+    """``LMSTUDIO_STALL_TIMEOUT`` in seconds (default :data:`DEFAULT_STALL_TIMEOUT`); 0 = no watch."""
+    raw = os.environ.get(STALL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_STALL_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {STALL_ENV}={shown(raw)} is not a number of seconds") from None
+    if not 0 <= value <= 7 * 24 * 3600 or value != value:
+        raise ConfigError(f"environment variable {STALL_ENV}={shown(raw)}: give 0 (off) or a number of seconds "
+                          "up to a week")
+    return value
+
+
+def _is_collective_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective or the process group failing (a peer gone, a timeout)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    markers = ("gloo", "Gloo", "NCCL", "ProcessGroup", "Connection closed by peer", "Connection reset by peer",
+               "c10d", "Broken pipe")
+    return isinstance(exc, RuntimeError) and any(m in text for m in markers)
+
+
+def collective_error_in(exc: BaseException) -> BaseException | None:
+    """The collective failure behind ``exc`` (itself, or what it wraps), if there is one."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if _is_collective_error(current):
+            return current
+        todo += [current.__cause__, current.__context__, getattr(current, "original", None)]
+    return None
+
+
+def rank_failure(exc: BaseException) -> TrainingError | None:
+    """``exc`` explained as another rank's failure, or None if it is not a collective error.
+
+    A rank killed (or failing) mid-step makes the others' collective raise deep inside DDP's
+    backward, which would otherwise read as the model plugin's error. The rank is named from
+    the watch (its heartbeats stopped, its process is gone, or it posted its own error)."""
+    cause = collective_error_in(exc)
+    if cause is None or _WATCH is None:
+        return None if cause is None else TrainingError(
+            f"another rank stopped during training ({_error_detail(cause)}); every rank stops. The run's last "
+            "checkpoint is kept: resume it with --resume")
+    return TrainingError(_WATCH.explain_failure(cause))
+
+
+def _error_detail(exc: BaseException) -> str:
+    """A collective error's first line without the ``[.../pair.cc:553]`` source prefix, cut short."""
+    lines = str(exc).strip().splitlines()
+    text = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else type(exc).__name__
+    return cut(text, 80)
+
+
+class RankWatch:
+    """Heartbeats between the ranks through the process group's key-value store.
+
+    A daemon thread on every rank bumps its own counter in the store every ``interval`` seconds
+    and reads the others'. A rank whose counter has not moved for ``timeout`` seconds (its
+    process stopped or frozen: its threads stop with it) is stalled: this rank prints one line
+    naming it and ends, as every healthy rank does within about ``interval`` of the others; a
+    stalled rank on this machine is sent SIGTERM and SIGCONT so that it ends too (torchrun
+    ends one elsewhere). A rank that itself was stopped and continued sees a gap in its own
+    loop and starts counting afresh rather than accusing the others. Checkpoints are written
+    atomically, so ending mid-run keeps the last one.
+    """
+
+    def __init__(self, info: DistInfo, store: Any, timeout: float, interval: float | None = None,
+                 on_stall: Callable[[str], None] | None = None) -> None:
+        self.info = info
+        self.store = store
+        self.timeout = timeout
+        self.interval = interval if interval is not None else min(10.0, max(0.2, timeout / 6))
+        self.on_stall = on_stall or _end_process
+        self.host = socket.gethostname()
+        self._beats = 0
+        self._seen: dict[int, tuple[str, float]] = {}  # rank -> (its last beat, when it last changed)
+        self._store_down_since: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lmstudio-rank-watch", daemon=True)
+        self.run_folder: Path | None = None  # rank 0's run: the messages name its last checkpoint
+
+    # -- the store ------------------------------------------------------------------------
+    def _key(self, kind: str, rank: int) -> str:
+        return f"lmstudio/{kind}/{rank}"
+
+    def _get(self, kind: str, rank: int) -> str | None:
+        key = self._key(kind, rank)
+        if not self.store.check([key]):  # get() would wait for a missing key
+            return None
+        return self.store.get(key).decode("utf-8", "replace")
+
+    def beat(self) -> None:
+        self._beats += 1
+        self.store.set(self._key("beat", self.info.rank), f"{self._beats} {os.getpid()} {self.host}")
+
+    def post_failure(self, message: str) -> None:
+        self.store.set(self._key("failed", self.info.rank), cut(message, 300))
+
+    # -- watching -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _ranks(self) -> range:
+        return range(self.info.world_size)
+
+    def check(self, now: float) -> tuple[int, float] | None:
+        """Read every other rank's beat; (rank, seconds idle) of one idle for ``timeout``, else None."""
+        worst: tuple[int, float] | None = None
+        for rank in self._ranks():
+            if rank == self.info.rank:
+                continue
+            beat = self._get("beat", rank) or ""
+            last = self._seen.get(rank)
+            if last is None or last[0] != beat:
+                self._seen[rank] = (beat, now)
+                continue
+            idle = now - last[1]
+            if idle >= self.timeout and (worst is None or idle > worst[1]):
+                worst = (rank, idle)
+        return worst
+
+    def _run(self) -> None:
+        previous = time.monotonic()
+        while not self._stop.wait(self.interval):
+            now = time.monotonic()
+            if now - previous > max(3 * self.interval, self.interval + 2.0):
+                # This process was itself stopped (or the machine slept): what it saw is stale.
+                self._seen = {r: (b, now) for r, (b, _) in self._seen.items()}
+                self._store_down_since = None
+            previous = now
+            try:
+                self.beat()
+                stalled = self.check(now)
+                self._store_down_since = None
+            except Exception as exc:  # the store (torchrun's agent, or rank 0) does not answer
+                self._store_down_since = self._store_down_since or now
+                if now - self._store_down_since >= self.timeout:
+                    self.on_stall(
+                        f"rank {self.info.rank}: the ranks' rendezvous store at {_store_address()} has not "
+                        f"answered for {now - self._store_down_since:.0f} s ({cut(str(exc), 120)}); torchrun or "
+                        "the machine holding it is gone or stalled — stopping this rank; the run's last "
+                        "checkpoint is kept, resume it with --resume")
+                    return
+                continue
+            if stalled is not None and not self._stop.is_set():
+                rank, idle = stalled
+                self.on_stall(self._stall_message(rank, idle))
+                return
+
+    def _who(self, rank: int) -> tuple[str, int | None, str | None]:
+        """``rank 1 (pid 123 on host)``, its pid and host, from its last beat."""
+        parts = (self._seen.get(rank, ("", 0.0))[0] or "").split(" ", 2)
+        if len(parts) == 3 and parts[1].isdigit():
+            return f"rank {rank} (pid {parts[1]} on {parts[2]})", int(parts[1]), parts[2]
+        return f"rank {rank}", None, None
+
+    def _stall_message(self, rank: int, idle: float) -> str:
+        who, pid, host = self._who(rank)
+        ended = ""
+        if pid is not None and host == self.host and pid != os.getpid():
+            ended = "; it was sent SIGTERM" if _signal_stalled(pid) else ""
+        setting = f"{STALL_ENV}={self.timeout:g}"
+        return (f"{who} has stalled: no sign of life for {idle:.0f} s ({setting}); stopping every rank{ended}. "
+                f"{self._kept()}")
+
+    def _kept(self) -> str:
+        """What survives: the run's last checkpoint (named where this rank knows the run folder)."""
+        folder = self.run_folder
+        if folder is not None:
+            with contextlib.suppress(LMStudioError, OSError):
+                latest = read_text(folder / "checkpoints" / "latest", what="latest checkpoint pointer",
+                                   max_bytes=4096).strip()
+                if latest:
+                    return f"The run's last checkpoint, {latest}, is kept: resume it with --resume {folder}"
+                return f"No checkpoint was saved yet in {folder}"
+        return "The run's last checkpoint is kept: resume it with --resume"
+
+    def explain_failure(self, cause: BaseException) -> str:
+        """Which rank a failed collective lost, waiting a few beats for the evidence."""
+        detail = _error_detail(cause)
+        deadline = time.monotonic() + min(self.timeout, max(3 * self.interval, 2.0))
+        while True:
+            for rank in self._ranks():
+                if rank == self.info.rank:
+                    continue
+                with contextlib.suppress(Exception):
+                    failed = self._get("failed", rank)
+                    if failed:
+                        return f"rank {rank} failed: {failed} (this is rank {self.info.rank}; every rank stops)"
+                who, pid, host = self._who(rank)
+                if pid is not None and host == self.host and not _process_alive(pid):
+                    return f"{who} ended during training ({detail}); every rank stops. {self._kept()}"
+            now = time.monotonic()
+            with contextlib.suppress(Exception):
+                stalled = self.check(now)
+                if stalled is not None:
+                    return self._stall_message(*stalled)
+            if now >= deadline:
+                break
+            time.sleep(self.interval / 2)
+        return f"another rank stopped during training ({detail}); every rank stops. {self._kept()}"
+
+
+def _store_address() -> str:
+    return f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+
+
+def _process_alive(pid: int) -> bool:
+    """False for a pid that is gone or a zombie (killed, not yet reaped by torchrun)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _signal_stalled(pid: int) -> bool:
+    """End a stopped rank on this machine: SIGTERM, then SIGCONT so that it can act on it."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        if hasattr(signal, "SIGCONT"):
+            os.kill(pid, signal.SIGCONT)
+    except OSError:
+        return False
+    return True
+
+
+def _end_process(message: str) -> None:
+    """The watch's verdict: one line, then this process ends (its main thread is stuck in a
+    collective that would wait for COLLECTIVE_TIMEOUT; nothing half-written stays: every run
+    file is replaced atomically)."""
+    first = message.strip().splitlines()[0]
+    try:
+        sys.stderr.write(f"lmstudio: error: {first}\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+    finally:
+        os._exit(1)
+
+
+_WATCH: RankWatch | None = None
+
+
+def _watch_store() -> Any:
+    """A client of the store the process group rendezvoused through (torchrun's agent, or rank 0)."""
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(seconds=30))
+    prefix = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    return dist.PrefixStore(prefix, store)
+
+
+def note_run_folder(path: Path | None) -> None:
+    """Tell the watch where this rank's run folder is (rank 0), so that its messages name the
+    checkpoint a resume continues from."""
+    if _WATCH is not None:
+        _WATCH.run_folder = path
+
+
+def _start_watch(info: DistInfo) -> None:
+    global _WATCH
+    timeout = stall_timeout_from_env()
+    if timeout <= 0 or _WATCH is not None:
+        return
+    try:
+        watch = RankWatch(info, _watch_store(), timeout)
+        watch.beat()
+    except Exception as exc:  # training still works; only a stalled rank would go unnoticed
+        if info.is_main:
+            print(f"note: cannot watch the ranks for a stall through the store at {_store_address()} "
+                  f"({cut(str(exc), 120)}); a stalled rank will hold the others up", file=sys.stderr)
+        return
+    _WATCH = watch
+    watch.start()
+
+
+def _stop_watch() -> None:
+    global _WATCH
+    if _WATCH is not None:
+        _WATCH.stop()
+        _WATCH = None
+
+
+def _post_failure() -> None:
+    """Leave this rank's error (the one being raised) in the store, so the others can name it."""
+    exc = sys.exc_info()[1]
+    if _WATCH is not None and exc is not None and collective_error_in(exc) is None:
+        with contextlib.suppress(Exception):
+            _WATCH.post_failure(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
