@@ -5,7 +5,9 @@ forever, a symlink to ``/dev/zero`` that never ends, a directory, a symlink loop
 file far larger than anything sensible for its role. Every reader here opens without blocking,
 checks on the *open* descriptor that it is a regular file (so a swap between check and open
 cannot slip a FIFO through), refuses files over the caller's size limit before reading a byte,
-and never reads more than that limit even if the file grows meanwhile.
+never reads more than that limit even if the file grows meanwhile, and reads a file again when
+it was rewritten during the read (its inode, size or times moved), so no caller ever gets part
+of the old and part of the new content.
 
 Errors are raised as the caller's own error class (``DataError`` for a corpus,
 ``CheckpointError`` for a run folder, ...) with a one-line message naming the path.
@@ -116,20 +118,49 @@ def open_regular(path: str | Path, *, what: str = "file", max_bytes: int | None 
     return fd, size
 
 
+# A file whose size, modification time or inode moved during the read was rewritten meanwhile: the
+# bytes may mix the old and the new content. Read it again this many times, then refuse.
+CHANGED_REREADS = 2
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_fd(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the open file (a seam the tests use to rewrite a file mid-read)."""
+    with os.fdopen(os.dup(fd), "rb", closefd=True) as fh:
+        return fh.read(limit)
+
+
 def read_bytes(path: str | Path, *, what: str = "file", max_bytes: int = SMALL_FILE_LIMIT,
                error: type[LMStudioError] = LMStudioError) -> bytes:
-    """All of a regular file of at most ``max_bytes`` bytes (refused, unread, when larger)."""
+    """All of a regular file of at most ``max_bytes`` bytes (refused, unread, when larger).
+
+    The file's identity (inode, size, modification and change times) is compared before and after
+    the read; a file rewritten while it was read is read again (:data:`CHANGED_REREADS` times), and
+    refused if it keeps changing, so no caller ever gets half of the old and half of the new file.
+    """
     path = Path(path)
-    fd, _size = open_regular(path, what=what, max_bytes=max_bytes, error=error)
-    try:
-        with os.fdopen(fd, "rb", closefd=True) as fh:
+    for _attempt in range(CHANGED_REREADS + 1):
+        fd, _size = open_regular(path, what=what, max_bytes=max_bytes, error=error)
+        try:
+            before = _identity(os.fstat(fd))
             # One byte past the limit tells a file that grew after the check from one that did not.
-            data = fh.read(max_bytes + 1)
-    except OSError as exc:
-        raise _os_error(path, what, exc, error) from None
-    if len(data) > max_bytes:
-        raise error(f"{path}: the {what} grew past {human_size(max_bytes)} while it was read")
-    return data
+            data = _read_fd(fd, max_bytes + 1)
+            after = _identity(os.fstat(fd))
+        except OSError as exc:
+            raise _os_error(path, what, exc, error) from None
+        finally:
+            os.close(fd)
+        if len(data) > max_bytes:
+            raise error(f"{path}: the {what} grew past {human_size(max_bytes)} while it was read")
+        if before == after:
+            return data
+    raise error(
+        f"{path}: the {what} kept changing while it was read ({CHANGED_REREADS + 1} tries); "
+        "wait for the program writing it to finish, or copy it and read the copy"
+    )
 
 
 def read_text(path: str | Path, *, what: str = "file", max_bytes: int = SMALL_FILE_LIMIT,

@@ -5,7 +5,8 @@ everything under one folder instead, so tests (and portable installs) never touc
 user profile. The getters only compute paths; callers create folders when they write.
 
 Settings are one JSON object in ``settings.json``. A missing, unreadable or corrupt file reads
-as ``{}`` so a bad settings file can never stop the app from starting.
+as ``{}`` so a bad settings file can never stop the app from starting; nor can one that is a FIFO,
+a device or huge (it is read through ``file_reads``, bounded and without blocking).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 import platformdirs
 
 from .atomic_files import atomic_write_text
+from .errors import LMStudioError
+from .file_reads import SMALL_FILE_LIMIT, read_text
 
 APP_NAME = "lmstudio_app"
 HOME_ENV = "LMSTUDIO_HOME"
@@ -65,8 +68,8 @@ def settings_path() -> Path:
 def load_settings() -> dict[str, Any]:
     """The saved settings; ``{}`` when the file is missing, unreadable or not a JSON object."""
     try:
-        values = json.loads(settings_path().read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        values = json.loads(read_text(settings_path(), what="settings file", max_bytes=SMALL_FILE_LIMIT))
+    except (LMStudioError, ValueError, RecursionError):  # RecursionError: [[[[...]]]] nested too deep
         return {}
     return values if isinstance(values, dict) else {}
 

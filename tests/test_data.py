@@ -178,7 +178,8 @@ def test_split_text_by_characters(fraction: float) -> None:
 
 
 def test_token_dtype() -> None:
-    assert token_dtype(65) == np.uint16 and token_dtype(65536) == np.uint16
+    assert token_dtype(65) == np.uint8 and token_dtype(256) == np.uint8
+    assert token_dtype(257) == np.uint16 and token_dtype(65536) == np.uint16
     assert token_dtype(65537) == np.uint32
     with pytest.raises(DataError, match="too large"):
         token_dtype(2**32 + 1)
@@ -198,7 +199,7 @@ def test_tokenize_corpus_splits_and_reports_progress() -> None:
     calls: list[tuple[int, int]] = []
     corpus = tokenize_corpus(tok, TEXT, 0.1, progress=lambda d, t: calls.append((d, t)))
     assert isinstance(corpus, TokenizedCorpus)
-    assert corpus.train.dtype == np.uint16 and corpus.vocab_size == tok.vocab_size
+    assert corpus.train.dtype == np.uint8 and corpus.vocab_size == tok.vocab_size  # < 257 tokens
     cut = int(len(TEXT) * 0.9)
     assert corpus.train.tolist() == tok.encode(TEXT[:cut]) and corpus.val.tolist() == tok.encode(TEXT[cut:])
     assert corpus.n_tokens == len(TEXT) and corpus.chars_per_token == pytest.approx(1.0)
@@ -224,7 +225,7 @@ def test_tokenize_corpus_spills_to_memmap(tmp_path: Path) -> None:
     big = TEXT * 120
     corpus = tokenize_corpus(tok, big, 0.1, memmap_dir=tmp_path, memmap_threshold_tokens=1000)
     assert isinstance(corpus.train, np.memmap) and isinstance(corpus.val, np.memmap)
-    assert (tmp_path / "train.bin").stat().st_size == 2 * len(corpus.train)
+    assert (tmp_path / "train.bin").stat().st_size == corpus.train.dtype.itemsize * len(corpus.train)
     cut = int(len(big) * 0.9)
     assert np.array_equal(corpus.train, tok.encode(big[:cut]))
     sampler = BatchSampler(corpus.train, 4, 16, seed=1)

@@ -156,7 +156,7 @@ def test_tokenize_corpus_never_holds_a_python_list_of_all_ids_and_cancels_betwee
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert corpus.n_tokens == len(text) and corpus.train.dtype == np.uint16
+    assert corpus.n_tokens == len(text) and corpus.train.dtype == np.uint8  # a char vocabulary < 257
     # A list of all 4M IDs alone is 32 MB of pointers; the arrays themselves are 8 MB.
     assert peak < 4 * len(text), f"peak {peak / 2**20:.1f} MB while tokenizing {len(text):,} characters"
     per_batch = corpus_module._ENCODE_CHUNK_CHARS * corpus_module._CHUNKS_PER_BATCH

@@ -2,7 +2,10 @@
 
 Everything here is Qt-free. Reading is strict and explains itself (one-line :class:`DataError`
 messages that name the file and say what to do), reports progress per file and can be
-cancelled between files. The token arrays, tokenizing and batch sampling live in
+cancelled between files. Every file is vetted before any is read (a regular file, not a FIFO,
+a device or a symlink loop, within :data:`CORPUS_FILE_LIMIT`; the corpus within the memory
+available) and read through :mod:`lmstudio_app.file_reads`; NUL bytes are looked for in the whole
+file, not a sample. The token arrays, tokenizing and batch sampling live in
 :mod:`lmstudio_app.data.corpus`.
 """
 
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import Cancelled, DataError, LMStudioError
+from ..file_reads import GIB, check_regular_file, human_size, read_bytes
 
 TEXT_EXTENSIONS: tuple[str, ...] = (".txt", ".md", ".markdown", ".rst", ".text")
 
@@ -34,6 +38,9 @@ _BOMS: tuple[tuple[bytes, str], ...] = (  # longest first: the UTF-32 LE BOM sta
     (b"\xfe\xff", "utf-16-be"),
 )
 _SNIFF_BYTES = 1 << 16
+# The largest single corpus file read: the text is held in memory as one string (and its tokens
+# beside it), so a bigger file is refused before a byte is read instead of exhausting memory.
+CORPUS_FILE_LIMIT = 8 * GIB
 # Bytes 0x80-0x9f are printable in cp1252 (curly quotes, dashes) but control codes in latin-1.
 _CP1252_UNDEFINED = frozenset(b"\x81\x8d\x8f\x90\x9d")
 
@@ -102,7 +109,7 @@ def read_text_file(path: str | Path, encoding: str = "utf-8") -> str:
     mark is dropped. ``encoding`` is any Python codec name.
     """
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise DataError(f"{path}: file not found")
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a text file")
@@ -110,21 +117,24 @@ def read_text_file(path: str | Path, encoding: str = "utf-8") -> str:
         codec = codecs.lookup(encoding).name
     except LookupError:
         raise DataError(f"{path}: unknown encoding {encoding!r}") from None
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    # A FIFO, a device (a symlink to /dev/zero), a folder or a symlink loop is refused before any
+    # read, a file rewritten while it is read is read again: see file_reads.
+    data = read_bytes(path, what="corpus file", max_bytes=CORPUS_FILE_LIMIT, error=DataError)
     if not data:
         raise DataError(f"{path}: the file is empty")
     kind = _binary_kind(data)
     if kind:
         raise DataError(f"{path}: looks like a binary file ({kind}), not text")
     wide_codec = codec.startswith(("utf-16", "utf-32"))
-    if b"\x00" in data[:_SNIFF_BYTES] and not wide_codec:
+    # The whole file, not a sample: a NUL byte found by memchr costs ~0.1 s per GB, and one past
+    # the first block would otherwise enter the vocabulary as a character.
+    nul = -1 if wide_codec else data.find(b"\x00")
+    if nul >= 0:
         detected = detect_encoding(data)
         if detected and detected.startswith(("utf-16", "utf-32")):
             raise DataError(f"{path}: looks like {detected} text — choose that encoding to read it")
-        raise DataError(f"{path}: looks like a binary file (it contains NUL bytes), not text")
+        raise DataError(f"{path}: looks like a binary file (it contains NUL bytes), not text; "
+                        f"the first is at byte {nul:,}")
     try:
         text = data.decode(codec)
     except UnicodeDecodeError as exc:
@@ -138,7 +148,27 @@ def read_text_file(path: str | Path, encoding: str = "utf-8") -> str:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text:
         raise DataError(f"{path}: the file is empty")
+    _refuse_nul(path, text)
     return text
+
+
+def _refuse_nul(path: Path, text: str) -> None:
+    """A NUL character in decoded text (UTF-16 ``00 00``, a JSON ``\\u0000``) is binary data too."""
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise DataError(f"{path}: contains a NUL character at character {nul:,}; is it a binary file?")
+
+
+def _refuse_surrogates(path: Path, text: str) -> None:
+    """A lone surrogate (a JSON ``\\ud800`` from a reader) is no character: no tokenizer can take it."""
+    step = 1 << 24  # in slices: the check never holds a second copy of a big text
+    for start in range(0, len(text), step):
+        try:
+            text[start : start + step].encode("utf-8")
+        except UnicodeEncodeError as exc:
+            at = start + exc.start
+            raise DataError(f"{path}: contains a lone surrogate (U+{ord(text[at]):04X}) at character "
+                            f"{at:,}, which is not text") from None
 
 
 def collect_files(paths: Sequence[str | Path], extensions: Collection[str] = TEXT_EXTENSIONS) -> list[Path]:
@@ -151,21 +181,49 @@ def collect_files(paths: Sequence[str | Path], extensions: Collection[str] = TEX
     found: dict[Path, None] = {}  # an ordered set
     for raw in paths:
         path = Path(raw).expanduser()
-        if path.is_file():
+        if not path.is_dir():
+            if not os.path.lexists(path):
+                raise DataError(f"{path}: no such file or folder")
+            _check_corpus_file(path)  # a FIFO, a device, a symlink loop: named now, never opened
             found.setdefault(path, None)
             continue
-        if not path.is_dir():
-            raise DataError(f"{path}: no such file or folder")
         before = len(found)
         for root, dirnames, filenames in os.walk(path):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if not name.startswith(".") and os.path.splitext(name)[1].lower() in wanted:
-                    found.setdefault(Path(root, name), None)
+                    file = Path(root, name)
+                    _check_corpus_file(file)
+                    found.setdefault(file, None)
         if len(found) == before:
             listed = ", ".join(sorted(wanted))
             raise DataError(f"{path}: the folder has no text files ({listed})")
     return list(found)
+
+
+def _check_corpus_file(path: Path) -> int:
+    """The size of a corpus file that is a regular file within :data:`CORPUS_FILE_LIMIT`.
+
+    A folder's ``*.txt`` that is a FIFO would block ``open()`` forever and one that links to
+    ``/dev/zero`` would never end: each is refused by name before any file is read.
+    """
+    return check_regular_file(path, what="corpus file", max_bytes=CORPUS_FILE_LIMIT, error=DataError)
+
+
+def _check_total(files: Sequence[Path], sizes: Sequence[int]) -> None:
+    """Refuse a corpus that cannot fit in memory before reading any of it (the text is one string)."""
+    total = sum(sizes)
+    try:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    except Exception:  # no figure on this platform: the per-file limit still holds
+        return
+    if total > available:
+        raise DataError(
+            f"{files[0].parent if len(files) > 1 else files[0]}: the corpus is {human_size(total)} in "
+            f"{len(files)} files, more than the {human_size(available)} of memory available; use fewer files"
+        )
 
 
 def load_corpus_text(
@@ -189,7 +247,8 @@ def load_corpus_text(
     if not files:
         raise DataError("no text files chosen; add a file or folder")
     explicit_encoding = _codec_name(encoding) != "utf-8"
-    sizes = [f.stat().st_size for f in files]
+    sizes = [_check_corpus_file(f) for f in files]
+    _check_total(files, sizes)
     total, done = sum(sizes), 0
     texts: list[str] = []
     infos: list[FileInfo] = []
@@ -202,6 +261,8 @@ def load_corpus_text(
             text, used = _read_as(path, encoding)
         else:
             text, used = _call_reader(reader, path), getattr(reader, "__name__", "reader")
+            _refuse_nul(path, text)
+            _refuse_surrogates(path, text)
         texts.append(text)
         infos.append(FileInfo(path=path, size_bytes=size, n_chars=len(text), encoding=used))
         done += size

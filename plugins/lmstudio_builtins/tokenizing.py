@@ -7,11 +7,11 @@ run's tokenizer is always a standard ``tokenizer.json``. IDs are assigned determ
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -28,6 +28,7 @@ END_OF_TEXT = "<|endoftext|>"
 # other whitespace character on its own: spaces and line breaks survive the round trip and
 # whitespace runs never become unknown "words".
 WORD_PATTERN = r" ?\w+| ?[^\w\s]|\s"
+_BPE_BASE = 257  # the 256 byte tokens and <|endoftext|>, before any merge
 
 
 class _ProgressReader:
@@ -68,11 +69,29 @@ class CharParams:
                                help="Characters seen fewer times than this become <unk>")
 
 
+_COUNT_SLICE = 1 << 20  # characters counted at a time: bounded transient memory whatever the chunk
+
+
+def count_characters(texts: Iterator[str]) -> dict[str, int]:
+    """How often each character occurs: NumPy ``bincount`` over the code points (~20x Counter)."""
+    totals = np.zeros(128, np.int64)
+    for chunk in texts:
+        for i in range(0, len(chunk), _COUNT_SLICE):
+            piece = chunk[i : i + _COUNT_SLICE]
+            if piece.isascii():
+                codes = np.frombuffer(piece.encode("ascii"), np.uint8)
+            else:
+                codes = np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), np.uint32)
+            counts = np.bincount(codes)
+            if len(counts) > len(totals):
+                totals = np.concatenate([totals, np.zeros(len(counts) - len(totals), np.int64)])
+            totals[: len(counts)] += counts
+    return {chr(code): int(totals[code]) for code in np.flatnonzero(totals)}
+
+
 def build_char(params: CharParams, texts: Texts, progress: ProgressFn | None) -> Tokenizer:
-    counts: Counter[str] = Counter()
     reader = _ProgressReader(texts, progress)
-    for chunk in reader:
-        counts.update(chunk)  # Counter counts a string's characters in C: ~30 ms per MB
+    counts = count_characters(iter(reader))
     reader.finish("char")
     chars = sorted(ch for ch, n in counts.items() if n >= params.min_frequency)
     if not chars:
@@ -142,7 +161,18 @@ def build_bpe(params: BPEParams, texts: Texts, progress: ProgressFn | None) -> T
     reader = _ProgressReader(texts, progress)
     hf.train_from_iterator(iter(reader), trainer=trainer)
     reader.finish("bpe")
-    return Tokenizer(hf, kind="bpe")
+    tokenizer = Tokenizer(hf, kind="bpe")
+    learned = tokenizer.vocab_size
+    if learned < params.vocab_size:  # the trainer stops early without a word: say so, and why
+        why = ("no pair of adjacent tokens occurs twice within a word any more" if params.min_frequency <= 1
+               else f"no other pair of adjacent tokens occurs at least {params.min_frequency} times "
+                    "(tokenizer.min_frequency) within a word")
+        tokenizer.notes.append(
+            f"tokenizer bpe: learned {learned:,} of the {params.vocab_size:,} tokens asked for "
+            f"(tokenizer.vocab_size; {_BPE_BASE} bytes and specials + {learned - _BPE_BASE:,} merges): {why}; "
+            "more text, or a lower min_frequency, gives more"
+        )
+    return tokenizer
 
 
 # -- word ---------------------------------------------------------------------------------
@@ -168,7 +198,15 @@ def build_word(params: WordParams, texts: Texts, progress: ProgressFn | None) ->
     reader = _ProgressReader(texts, progress)
     hf.train_from_iterator(iter(reader), trainer=trainer)
     reader.finish("word")
-    return Tokenizer(hf, kind="word")
+    tokenizer = Tokenizer(hf, kind="word")
+    learned = tokenizer.vocab_size
+    if learned < params.vocab_size:
+        seen = "" if params.min_frequency <= 1 else f" seen at least {params.min_frequency} times (tokenizer.min_frequency)"
+        tokenizer.notes.append(
+            f"tokenizer word: learned {learned:,} of the {params.vocab_size:,} tokens asked for "
+            f"(tokenizer.vocab_size): the corpus has only {learned - 1:,} distinct words and marks{seen}, plus <unk>"
+        )
+    return tokenizer
 
 
 # -- file ---------------------------------------------------------------------------------
@@ -193,7 +231,7 @@ def build_file(params: FileParams, texts: Texts, progress: ProgressFn | None) ->
 TOKENIZER_SPECS: list[TokenizerSpec] = [
     TokenizerSpec("char", "One token per character of the corpus (unseen characters → <unk>)",
                   CharParams, build_char),
-    TokenizerSpec("byte", "One token per UTF-8 byte: 256 tokens, any text, no training",
+    TokenizerSpec("byte", "One token per UTF-8 byte: 257 tokens (256 bytes + <|endoftext|>), any text, no training",
                   ByteParams, build_byte, trains_on_corpus=False),
     TokenizerSpec("bpe", "Byte-level BPE (GPT-2 style) trained on the corpus; nothing is ever unknown",
                   BPEParams, build_bpe),
