@@ -10,7 +10,8 @@ app builds from ``LSTMParams`` below. Nothing else is needed: no GUI code, no co
 
 A plugin only imports the public API: ``lmstudio_app`` (the ``hookimpl`` marker),
 ``lmstudio_app.params`` (``param``), ``lmstudio_app.specs`` (``ModelSpec``) and
-``lmstudio_app.model_api`` (``LanguageModel``). The app imports this file, calls the hook
+``lmstudio_app.model_api`` (``LanguageModel``, and ``ModelInternals`` for the optional
+inspection methods at the end of the network). The app imports this file, calls the hook
 functions marked with ``@hookimpl`` and keeps the specs they return. If this file fails to
 import or a hook raises, the app lists the error in its plugins dialog and carries on.
 """
@@ -23,7 +24,7 @@ import pluggy
 import torch
 from torch import nn
 
-from lmstudio_app.model_api import LanguageModel
+from lmstudio_app.model_api import LanguageModel, ModelInternals
 from lmstudio_app.params import param
 from lmstudio_app.specs import ModelSpec
 
@@ -86,6 +87,53 @@ class LSTMLanguageModel(LanguageModel):
         x = self.embed(idx)  # (B, T, C)
         x, _ = self.lstm(x)  # (B, T, C); the final (h, c) state is not needed
         return self.lm_head(x).float()  # (B, T, V); fp32 logits keep the loss exact under autocast
+
+    # --- Optional: the inspection contract ("Looking inside your model" in docs/plugins.md) ---
+    # Three methods let the app's inspection views look inside. Implement what applies and leave
+    # out the rest: an LSTM has no attention, so ``internals`` returns ``attention=None`` and the
+    # attention view says "this model does not expose attention". The app calls these under the
+    # training lock, in eval mode and without gradients, and only while a view is open.
+    def internals(self, idx: torch.Tensor, *, attention: bool = True, residual: bool = True) -> ModelInternals:
+        """Logits and the hidden states ``(T, C)`` after the embedding and after each LSTM layer."""
+        x = self.embed(idx)  # (1, T, C)
+        states = [x[0]]
+        for layer in range(self.lstm.num_layers):
+            x = self._run_layer(layer, x)  # (1, T, C): this layer's output, the next one's input
+            states.append(x[0])
+        names = ["embedding", *(f"lstm {i}" for i in range(1, self.lstm.num_layers + 1))]
+        return ModelInternals(
+            logits=self.lm_head(x[0]).float(),  # (T, V): the same numbers as forward
+            attention=None,
+            residual=states if residual else None,
+            residual_names=names if residual else None,
+        )
+
+    def decode_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The logit lens: a hidden state ``(T, C)`` read by the output layer, as if it were the last."""
+        return self.lm_head(hidden).float()
+
+    def token_embeddings(self) -> torch.Tensor:
+        """The input embedding matrix ``(V, C)``, for the embedding map."""
+        return self.embed.weight
+
+    def _run_layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """One layer of ``self.lstm`` on its own (``nn.LSTM`` only returns the last layer's output).
+
+        The LSTM equations with the layer's weights; PyTorch stacks the gates as input, forget,
+        cell, output. A loop over time is fine here: it only runs while a view is open.
+        """
+        w_ih = getattr(self.lstm, f"weight_ih_l{layer}")  # (4C, C_in)
+        w_hh = getattr(self.lstm, f"weight_hh_l{layer}")  # (4C, C)
+        bias = getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}")
+        from_input = x @ w_ih.T + bias  # (B, T, 4C): the input's share of every gate, all steps at once
+        h = c = x.new_zeros(x.shape[0], w_hh.shape[1])  # (B, C)
+        outputs = []
+        for t in range(x.shape[1]):
+            i, f, g, o = (from_input[:, t] + h @ w_hh.T).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outputs.append(h)
+        return torch.stack(outputs, dim=1)  # (B, T, C)
 
 
 # --- 3. The spec and the hook -------------------------------------------------------------

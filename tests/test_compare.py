@@ -111,6 +111,7 @@ def test_refuses_an_empty_text_and_a_bad_k_and_other_vocabularies(moments):
         compare_moments(a, a, "")
     with pytest.raises(ParamError):
         compare_moments(a, a, "a", k=0)
-    small = Predictor(LogTable([[0.5, 0.5], [0.5, 0.5]]), char_tokenizer())
+    # A consistent predictor (model and tokenizer agree) over another, smaller vocabulary.
+    small = Predictor(LogTable([[0.5, 0.5], [0.5, 0.5]]), make_char_tokenizer(["<unk>", "a"]))
     with pytest.raises(ParamError, match="vocabularies"):
         compare_moments(a, small, "a")

@@ -190,3 +190,35 @@ def test_truth_example_registers_recognises_its_corpus_and_gives_the_documented_
     # the lowest loss per token: the entropy of a sentence over its mean length in tokens (4 words)
     entropy = -sum(p * math.log(p) for p, _ in spec.documents())
     assert truth.entropy_rate() == pytest.approx(entropy / 4, rel=1e-12)
+
+
+def test_inspection_example_exposes_what_the_guide_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The "Looking inside your model" plugin: discovered, and every inspection view works on it."""
+    import numpy as np
+
+    from lmstudio_app.inference.inspection import Inspector
+    from lmstudio_app.inference.predictor import Predictor
+    from tests.test_inference import make_char_tokenizer
+
+    monkeypatch.delenv("LMSTUDIO_PLUGINS", raising=False)
+    folder = tmp_path / "my_plugins"
+    folder.mkdir()
+    (folder / "attention_only.py").write_text(block_containing("python", "# attention_only.py"), encoding="utf-8")
+    registry = PluginRegistry.discover([folder], use_entry_points=False, use_user_dir=False, strict=True)
+    spec = registry.model("attention-only")
+    tokenizer = make_char_tokenizer(["<unk>", "\n", "a", "b", "c", " "])
+    torch.manual_seed(0)
+    model = spec.build(build_params(spec.params, {"n_embd": 16, "context_length": 8}), tokenizer.vocab_size)
+    idx = torch.randint(0, tokenizer.vocab_size, (1, 6))
+    with torch.no_grad():
+        out = model.internals(idx)
+        torch.testing.assert_close(out.logits, model(idx)[0])
+        torch.testing.assert_close(model.decode_hidden(out.residual[-1]), out.logits)
+    inspector = Inspector(Predictor(model, tokenizer))
+    maps = inspector.attention("abc ab")
+    assert maps.weights.shape == (1, 1, 6, 6) and np.all(np.triu(maps.weights, 1) == 0)
+    np.testing.assert_allclose(maps.weights.sum(-1), 1.0, atol=1e-5)
+    lens = inspector.logit_lens("abc ab")
+    assert lens.layer_names == ["embedding", "attention"]
+    assert lens.top_ids[-1, -1] == inspector.predictor.next_token("abc ab").candidates[0].id
+    assert inspector.embeddings().xy.shape == (tokenizer.vocab_size, 2)

@@ -1,6 +1,7 @@
-"""The headless ``lmstudio`` commands: train, eval, predict, generate, export, plugins.
+"""The headless ``lmstudio`` commands: train, eval, predict, generate, timeline, inspect, export, plugins.
 
-Holds: ``commands`` (the parser and every command but train), ``train`` (progress lines, Ctrl-C,
+Holds: ``commands`` (the parser and every command but train and inspect), ``inspect`` (attention,
+the logit lens and the per-token loss of a saved run, and its JSON shape), ``train`` (progress lines, Ctrl-C,
 TensorBoard, torchrun ranks; imported only when training since it pulls in torch), ``common``
 (exit codes, the one-line error, config paths and ``--set``).
 

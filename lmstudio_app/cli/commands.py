@@ -3,7 +3,8 @@
 ``lmstudio`` alone opens the desktop app (launcher.py passes ``main`` the function that starts
 it, so this module never imports Qt). Every failure the user can cause prints one line,
 ``lmstudio: error: <message>``, and exits non-zero (2 for usage and config mistakes, 1 for the
-rest, 130 after Ctrl-C); set ``LMSTUDIO_DEBUG=1`` to see tracebacks.
+rest, 130 after Ctrl-C); so does anything else that escapes a command, a plugin's ``sys.exit()``
+or a native library's panic included (no traceback); set ``LMSTUDIO_DEBUG=1`` to see tracebacks.
 
 Relative paths in a config's ``[data].files`` are looked up next to the config file first and
 then in the current folder; the run's saved ``config.toml`` holds the absolute paths found.
@@ -22,8 +23,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import CheckpointError, ConfigError, LMStudioError, ParamError
-from ..registry import PluginRegistry, user_plugin_dir
+from ..registry import PluginRegistry, user_interrupts_marked, user_plugin_dir
 from ..runs.folder import RunDir
+from . import inspect
 from .common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_argument("run_dir", metavar="RUN_DIR")
     timeline.add_argument("prompt", nargs="?", metavar="PROMPT", help="one of the run's watched prompts (default: all)")
     timeline.add_argument("--json", action="store_true", help="print JSON: the prompts and their recorded steps")
+    inspect.add_parser(sub)  # attention, logit lens, per-token loss (cli/inspect.py)
 
     export = sub.add_parser("export", help="write a run's model for other tools (hf: a transformers folder)")
     export.add_argument("run_dir", metavar="RUN_DIR")
@@ -272,7 +275,8 @@ def cmd_plugins(args: argparse.Namespace, registry: PluginRegistry) -> int:
 # --- entry point -----------------------------------------------------------------------------
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
-            "generate": cmd_generate, "timeline": cmd_timeline, "export": cmd_export, "plugins": cmd_plugins}
+            "generate": cmd_generate, "timeline": cmd_timeline, "inspect": inspect.cmd_inspect,
+            "export": cmd_export, "plugins": cmd_plugins}
 
 
 def main(argv: Sequence[str] | None = None, *, gui: Callable[[list[str]], int] | None = None) -> int:
@@ -282,19 +286,25 @@ def main(argv: Sequence[str] | None = None, *, gui: Callable[[list[str]], int] |
     ``gui`` that is a usage error.
     """
     debug = os.environ.get("LMSTUDIO_DEBUG", "") not in ("", "0")
+    command = "lmstudio"
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help and --version exit through argparse
+            return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
         if args.command is None:
             if gui is None:
                 raise UsageError(f"no command given (commands: {', '.join(COMMANDS)})")
             return gui(list(args.plugins_dir))
+        command = args.command
         from ..settings import disabled_plugins
 
-        # The plugins switched off in the app's plugins dialog stay off here too.
-        registry = PluginRegistry.discover(plugins_dirs=args.plugins_dir, disabled=disabled_plugins())
-        return COMMANDS[args.command](args, registry)
-    except SystemExit as exc:  # --help and --version exit through argparse
-        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+        # A Python SIGINT handler lets plugin_call tell the person's Ctrl-C from a plugin raising
+        # KeyboardInterrupt (see registry.is_user_interrupt).
+        with user_interrupts_marked():
+            # The plugins switched off in the app's plugins dialog stay off here too.
+            registry = PluginRegistry.discover(plugins_dirs=args.plugins_dir, disabled=disabled_plugins())
+            return COMMANDS[command](args, registry)
     except KeyboardInterrupt:
         print_error("interrupted")
         return EXIT_INTERRUPTED
@@ -308,9 +318,16 @@ def main(argv: Sequence[str] | None = None, *, gui: Callable[[list[str]], int] |
             traceback.print_exc()
         print_error(str(exc))
         return EXIT_ERROR
-    except Exception as exc:
+    except SystemExit as exc:  # not argparse's (handled above): code that called exit() mid-command
         if debug:
             traceback.print_exc()
-        print_error(f"{type(exc).__name__}: {exc}")
+        print_error(f"{command} was ended by a call to exit({exc.code!r}) from a plugin's code or a bug "
+                    "(run with LMSTUDIO_DEBUG=1 for the traceback)")
+        return EXIT_ERROR
+    except BaseException as exc:  # Exception, or a native library's panic (pyo3's PanicException)
+        if debug:
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print_error(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
         print("(run with LMSTUDIO_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_ERROR

@@ -46,6 +46,14 @@ class BigramModel(LanguageModel):
             )
         return self.token_logits(idx).float()  # (B, T, V)
 
+    def token_embeddings(self) -> torch.Tensor:
+        """The table itself: row ``i`` (its next-token logits) is token ``i``'s only representation.
+
+        On the embedding map, tokens that are followed by the same words land together. The
+        model has no attention and no hidden layers, so that is all it exposes for inspection.
+        """
+        return self.token_logits.weight
+
     def flops_per_token(self) -> float:
         # The lookup is free; count the table row like a V-wide output layer fed a one-hot
         # input (forward 2V, backward 4V), which also covers the softmax/loss work on V logits.

@@ -10,6 +10,11 @@ tied input/output embeddings, 4 layers, 4 heads, width 128, context 64, no dropo
 The options switch it towards the modern (Llama-style) recipe: rotary positions, RMSNorm,
 SwiGLU. Parameter names follow nanoGPT/GPT-2 (``transformer.wte``, ``transformer.h.0.attn.c_attn``,
 ...) so the weights map one-to-one onto a Hugging Face GPT-2 or Llama checkpoint.
+
+For the app's inspection views, ``GPT.internals`` recomputes a sequence with each block's
+attention probabilities written out (the training step keeps the fused kernel), returns the
+residual stream after the embedding and each block, and ``decode_hidden`` reads any of them
+through the final norm and output layer (the logit lens).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmstudio_app.model_api import LanguageModel
+from lmstudio_app.model_api import LanguageModel, ModelInternals
 from lmstudio_app.params import param
 from lmstudio_app.specs import ModelSpec
 
@@ -116,6 +121,18 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
+        q, k, v = self._qkv(x)
+        dropout = self.dropout if self.training else 0.0
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and T <= EXPLICIT_ATTENTION_MAX_T:
+            y = self._explicit_attention(q, k, v, dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (B, nh, T, hd)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values ``(B, nh, T, hd)`` each: normed and rotated as attention uses them."""
+        B, T, C = x.shape
         nh = self.n_head
         qkv = self.c_attn(x).view(B, T, 3 * nh, self.head_dim)  # (B, T, 3nh, hd): q heads, k heads, v heads
         qk, v = qkv[:, :, : 2 * nh], qkv[:, :, 2 * nh :]  # (B, T, 2nh, hd), (B, T, nh, hd)
@@ -126,14 +143,22 @@ class CausalSelfAttention(nn.Module):
             sin = self.rope_sin[:T, None].to(qk.dtype)
             qk = qk * cos + rotate_half(qk) * sin  # q and k turned together: half the small kernels
         q, k = qk.transpose(1, 2).split(nh, dim=1)  # (B, nh, T, hd) each
-        v = v.transpose(1, 2)  # (B, nh, T, hd)
-        dropout = self.dropout if self.training else 0.0
-        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and T <= EXPLICIT_ATTENTION_MAX_T:
-            y = self._explicit_attention(q, k, v, dropout)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (B, nh, T, hd)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
-        return self.resid_dropout(self.c_proj(y))
+        return q, k, v.transpose(1, 2)
+
+    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`forward` returns (eval mode) and the attention probabilities ``(B, nh, T, T)``.
+
+        The inspection path (``GPT.internals``): the same queries and keys, with the softmax
+        written out in fp32 so each row is a probability distribution over the keys, zero above
+        the diagonal. The training step never calls it and keeps the fused kernel.
+        """
+        B, T, C = x.shape
+        q, k, v = self._qkv(x)
+        scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        att = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)  # exact zeros above the diagonal
+        y = (att.to(v.dtype) @ v).transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y), att
 
     def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
         """softmax(q k^T / sqrt(hd) + causal mask) v, written out for bf16 on a CPU.
@@ -192,6 +217,12 @@ class Block(nn.Module):
         x = x + self.mlp(self.ln_2(x))  # each token computes on its own
         return x
 
+    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` (eval mode) and this block's attention probabilities ``(B, nh, T, T)``."""
+        y, att = self.attn.forward_with_weights(self.ln_1(x))
+        x = x + y
+        return x + self.mlp(self.ln_2(x)), att
+
 
 class GPT(LanguageModel):
     def __init__(self, p: GPTParams, vocab_size: int) -> None:
@@ -232,6 +263,13 @@ class GPT(LanguageModel):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        self._check_input(idx)
+        x = self.transformer.drop(self._embed(idx))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, C)
+        return self._head(x)
+
+    def _check_input(self, idx: torch.Tensor) -> None:
         if idx.ndim != 2:
             raise ValueError(f"GPT expects token IDs of shape (batch, time), got shape {tuple(idx.shape)}")
         T = idx.shape[1]
@@ -240,19 +278,55 @@ class GPT(LanguageModel):
                 f"input has {T} tokens but the model's context_length is {self.context_length}; "
                 f"crop it to the last {self.context_length} tokens"
             )
+
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """The residual stream's start: token embedding (+ learned position), ``(B, T, C)``."""
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:
-            pos = torch.arange(T, device=idx.device)  # (T,)
+            pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
             x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
-        x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x)  # (B, T, C)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x).float()  # (B, T, V); fp32 so the loss and softmax are exact
+        return x
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm, output layer and softcap: residual stream ``(..., C)`` -> logits ``(..., V)``."""
+        logits = self.lm_head(self.transformer.ln_f(x)).float()  # fp32 so the loss and softmax are exact
         cap = self.config.logit_softcap
         if cap > 0:
             logits = cap * torch.tanh(logits / cap)
         return logits
+
+    # --- the inspection contract (model_api.ModelInternals; docs/plugins.md) -------------------
+    def internals(self, idx: torch.Tensor, *, attention: bool = True, residual: bool = True) -> ModelInternals:
+        """Logits, per-layer attention probabilities and the residual stream for ``idx`` ``(1, T)``.
+
+        The same computation as :meth:`forward` in eval mode (no dropout); with ``attention``
+        each block's softmax is written out (``CausalSelfAttention.forward_with_weights``).
+        """
+        self._check_input(idx)
+        x = self._embed(idx)
+        stream = [x[0]]
+        maps: list[torch.Tensor] = []
+        for block in self.transformer.h:
+            if attention:
+                x, att = block.forward_with_weights(x)
+                maps.append(att[0])  # (nh, T, T)
+            else:
+                x = block(x)
+            stream.append(x[0])
+        names = ["embedding", *(f"block {i}" for i in range(1, len(self.transformer.h) + 1))]
+        return ModelInternals(
+            logits=self._head(x)[0],
+            attention=maps if attention else None,
+            residual=stream if residual else None,
+            residual_names=names if residual else None,
+        )
+
+    def decode_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The logit lens: a residual-stream state ``(T, C)`` through the final norm and lm_head."""
+        return self._head(hidden)
+
+    def token_embeddings(self) -> torch.Tensor:
+        return self.transformer.wte.weight
 
     def flops_per_token(self) -> float:
         """6 N + 12 L C T (nanoGPT/PaLM): N counts every matmul weight, the output layer included.
