@@ -249,6 +249,10 @@ def text_window(ids: np.ndarray, tokenizer: Tokenizer, n_tokens: int = 256, star
     return start, tokenizer.decode(int(i) for i in ids[start : start + n])
 
 
+# Windows of a long text scored in one forward pass (memory: windows x context x vocabulary logits).
+TEXT_LOSS_WINDOWS_PER_PASS = 16
+
+
 class Inspector:
     """The inspection views' questions, asked of one predictor's model (see the module docstring)."""
 
@@ -398,23 +402,30 @@ class Inspector:
         ids = [t.id for t in tokens]
         ctx = self.predictor.context_length
         scored: dict[int, tuple[float, int]] = {}  # token index -> (loss, rank)
-        start = 0
-        while len(ids) > 1:
-            window = ids[start : start + ctx]
-            with self._model():  # per window: a training loop waits for one forward pass at most
-                idx = torch.tensor([window], dtype=torch.long, device=self.predictor.device)
-                logits = self._call("running the model on a text", lambda idx=idx: self.predictor.model(idx))[0]
-                targets = ids[start + 1 : start + len(window) + 1]
-                rows = logits[: len(targets)]
+        # Windows of one length overlap by half (the last one ends at the text's end), so each
+        # token after the first window keeps at least half a context before it; a token in two
+        # windows is scored by the earlier one, where it has more context. They run as batches:
+        # one forward pass for many windows costs far fewer Python-level operations (and GIL
+        # hand-offs with a training thread) than one pass each.
+        width = min(ctx, len(ids))
+        starts = list(range(0, max(1, len(ids) - width), max(1, ctx // 2)))
+        if starts[-1] + width < len(ids):
+            starts.append(len(ids) - width)
+        for chunk_start in range(0, len(starts), TEXT_LOSS_WINDOWS_PER_PASS):
+            chunk = starts[chunk_start : chunk_start + TEXT_LOSS_WINDOWS_PER_PASS]
+            with self._model():  # per batch: a training loop waits for one forward pass at most
+                idx = torch.tensor([ids[s : s + width] for s in chunk], dtype=torch.long,
+                                   device=self.predictor.device)
+                logits = self._call("running the model on a text", lambda idx=idx: self.predictor.model(idx))
+                rows = logits[:, : width - 1]  # the last position's target lies beyond the window
                 rows = rows.double() if rows.device.type != "mps" else rows.float()
-                want = torch.tensor(targets, dtype=torch.long, device=rows.device).unsqueeze(1)
-                losses = -torch.log_softmax(rows, dim=-1).gather(1, want).squeeze(1)
-                ranks = (rows > rows.gather(1, want)).sum(dim=1) + 1
-                for i, (loss, rank) in enumerate(zip(losses.cpu().tolist(), ranks.cpu().tolist()), start + 1):
-                    scored.setdefault(i, (loss, int(rank)))
-            if start + len(window) >= len(ids):
-                break
-            start += max(1, ctx // 2)
+                want = torch.tensor([ids[s + 1 : s + width] for s in chunk], dtype=torch.long,
+                                    device=rows.device).unsqueeze(-1)
+                losses = -torch.log_softmax(rows, dim=-1).gather(-1, want).squeeze(-1)
+                ranks = (rows > rows.gather(-1, want)).sum(dim=-1) + 1
+                for s, window_losses, window_ranks in zip(chunk, losses.cpu().tolist(), ranks.cpu().tolist()):
+                    for i, (loss, rank) in enumerate(zip(window_losses, window_ranks), s + 1):
+                        scored.setdefault(i, (loss, int(rank)))
         nbytes = byte_counts(text, tokens)
         losses_out = [
             TokenLoss(token=t.text, loss=scored[i][0], p=math.exp(-scored[i][0]), rank=scored[i][1],

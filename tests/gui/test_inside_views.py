@@ -100,7 +100,9 @@ def test_logit_lens_last_row_is_the_predictions_top_token(qtbot, session, events
     qtbot.waitUntil(lambda: predictions._prediction is not None, timeout=30_000)
     top = predictions._prediction.candidates[0]
     assert lens.top_tokens[-1][-1] == session.predictor().tokenizer.token_string(top.id)
-    assert panel.lens.heatmap.cell_text(1, len(lens.tokens) - 1) == visible_text(lens.top_tokens[-1][-1])
+    token_line, prob_line = panel.lens.heatmap.cell_text(1, len(lens.tokens) - 1).split("\n")
+    assert token_line == visible_text(lens.top_tokens[-1][-1])
+    assert prob_line == f"{top.prob:.0%}"
     assert math.isclose(float(lens.top_probs[-1, -1]), top.prob, rel_tol=1e-4)
     panel.lens.set_colour("actual")
     assert np.isnan(panel.lens.heatmap.values()[:, -1]).all()  # nothing follows the last token

@@ -63,6 +63,15 @@ def test_changing_settings_updates_session(qtbot, panel, session, events):
     assert panel.train_button.text() == "Build tokenizer"
 
 
+def test_a_bpe_that_learns_fewer_tokens_than_asked_says_so(qtbot, panel, session, events):
+    choose(panel, "bpe")
+    panel.form.widget_for("vocab_size").setValue(60_000)  # far more than the tiny corpus holds
+    train(qtbot, panel, events)
+    learned = session.tokenizer.vocab_size
+    assert learned < 60_000
+    assert f"learned {learned:,} of the 60,000 tokens asked for" in panel.status_label.text()
+
+
 def test_invalid_value_is_reported_and_not_applied(qtbot, panel, session):
     choose(panel, "bpe")
     before = dict(session.config.tokenizer.params)

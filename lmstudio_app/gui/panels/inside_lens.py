@@ -89,7 +89,10 @@ class LensView(InsideView):
         else:
             values, bar = lens.top_probs, "p(top token)"
         cols = [f"{visible_text(tok)} [{lens.context_start + i}]" for i, tok in enumerate(lens.tokens)]
-        cells = [[visible_text(tok) for tok in row] for row in lens.top_tokens]
+        # The top token and its probability in each cell, as the table asks (the colour
+        # may show the real next token's probability instead).
+        cells = [[f"{visible_text(tok)}\n{float(lens.top_probs[r, c]):.0%}" for c, tok in enumerate(row)]
+                 for r, row in enumerate(lens.top_tokens)]
         self.heatmap.set_data(values, lens.layer_names, cols, vmin=0.0, vmax=1.0, cell_text=cells,
                               tooltip=self.cell_text, bar_label=bar)
         last = lens.top_tokens[-1][-1]

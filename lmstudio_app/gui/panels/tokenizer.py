@@ -71,6 +71,7 @@ class TokenizerPanel(ChooserPanel, QWidget):
         self.progress_bar.setTextVisible(True)
         self.progress_bar.hide()
         self.status_label = QLabel()
+        self.status_label.setWordWrap(True)  # a tokenizer note can be a long sentence
         self.vocab_label = QLabel("—")
         self.tokens_label = QLabel("—")
         self.compression_label = QLabel("—")
@@ -244,6 +245,9 @@ class TokenizerPanel(ChooserPanel, QWidget):
                 self.status_label.setText("Not trained yet" if trains else "Not built yet")
             else:  # built (or a run's), the corpus not tokenized with it yet
                 self.status_label.setText("Ready; the corpus is tokenized at Start (or on Tokenize in the Data panel)")
+            notes = tokenizer.notes if tokenizer is not None else []
+            if notes:  # e.g. BPE learned fewer tokens than asked: the CLI prints the same lines
+                self.status_label.setText("\n".join([self.status_label.text(), *notes]))
 
     def update_sample(self) -> None:
         tokenizer = self.session.tokenizer

@@ -247,8 +247,10 @@ class HeatmapWidget(QWidget):
                 light = 0.299 * red + 0.587 * green + 0.114 * blue > 140  # dark text on a light cell
                 painter.setPen(QColor("#111111") if light else QColor("#f4f4f4"))
                 box = QRectF(rect.left() + c * cell_w + 1, rect.top() + r * cell_h, cell_w - 2, cell_h)
-                painter.drawText(box, Qt.AlignmentFlag.AlignCenter,
-                                 fm.elidedText(text, Qt.TextElideMode.ElideRight, int(cell_w - 2)))
+                # As many lines of a multi-line cell as fit (the first is the most important), each elided.
+                lines = text.split("\n")[: max(1, int(cell_h // fm.height()))]
+                painter.drawText(box, Qt.AlignmentFlag.AlignCenter, "\n".join(
+                    fm.elidedText(line, Qt.TextElideMode.ElideRight, int(cell_w - 2)) for line in lines))
 
     def _paint_bar(self, painter: QPainter, rect: QRect, fm: QFontMetrics, text_color: QColor) -> None:
         x = rect.right() + self._PAD * 2
