@@ -104,6 +104,12 @@ class PanelScroll(QScrollArea):
         panel = self.widget()
         if panel is None:
             return
+        # A panel's minimum width can grow after construction (a legend entry such as "KL to
+        # truth" appears with the run): pass it on to the dock, or the panel would be laid out
+        # narrower than its minimum and its right edge cut off.
+        needed = panel.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        if self.minimumWidth() != needed:
+            self.setMinimumWidth(needed)
         view = self.viewport().size()
         size = QSize(view.width(), max(view.height(), panel.minimumSizeHint().height()))
         if panel.size() != size:

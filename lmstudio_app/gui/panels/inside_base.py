@@ -83,6 +83,9 @@ class InsideView(QWidget):
         for signal in (events.tokenizer_changed, events.view_step_changed, events.run_loaded):
             signal.connect(self.schedule)
         events.model_updated.connect(self._on_model_updated)
+        # The run paused or ended: the weights hold still, show them as they are now (the last
+        # update may have been folded into a throttled refresh that ran a step before the end).
+        events.training_finished.connect(lambda _reason: self.schedule())
 
     # ----- when to ask -------------------------------------------------------------------------
 

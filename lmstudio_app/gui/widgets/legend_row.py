@@ -25,10 +25,13 @@ class RowLegend(pg.LegendItem):
         layout = plot_item.layout
         layout.removeItem(plot_item.titleLabel)
         plot_item.titleLabel.setVisible(False)
-        layout.addItem(self, 0, 1)
+        # Across the axes' columns too: in the view box's column alone, a row wider than the view
+        # would widen that column and push the right axis out of the widget.
+        layout.addItem(self, 0, 0, 1, 3)
         plot_item.legend = self  # curves created with a name list themselves here
         self._fit_row()
         plot_item.vb.sigResized.connect(self.fit_columns)  # fewer columns (more rows) when narrow
+        plot_item.geometryChanged.connect(self.fit_columns)  # and more again when the plot widens
         if "labelTextColor" not in kwargs:  # the theme's text colour, now and after a switch
             self._follow_theme()
             theme.on_scheme_changed(self, self._follow_theme)
