@@ -66,10 +66,13 @@ def test_changing_settings_updates_session(qtbot, panel, session, events):
 def test_a_bpe_that_learns_fewer_tokens_than_asked_says_so(qtbot, panel, session, events):
     choose(panel, "bpe")
     panel.form.widget_for("vocab_size").setValue(60_000)  # far more than the tiny corpus holds
-    train(qtbot, panel, events)
+    with qtbot.waitSignal(events.corpus_tokenized, timeout=60_000):
+        qtbot.mouseClick(panel.train_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=30_000)  # the task ends just after the signal
     learned = session.tokenizer.vocab_size
     assert learned < 60_000
-    assert f"learned {learned:,} of the 60,000 tokens asked for" in panel.status_label.text()
+    qtbot.waitUntil(lambda: f"learned {learned:,} of the 60,000 tokens asked for" in panel.status_label.text(),
+                    timeout=10_000)
 
 
 def test_invalid_value_is_reported_and_not_applied(qtbot, panel, session):
