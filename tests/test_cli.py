@@ -124,7 +124,7 @@ def test_eval_prints_json(trained_run, capsys):
     code, out, err = run_cli(["eval", str(trained_run), "--batches", "3"], capsys)
     assert code == 0, err
     result = json.loads(out)
-    assert set(result) == {"val_loss", "step", "batches", "truth", "entropy_floor", "kl_to_truth"}
+    assert set(result) == {"val_loss", "val_bpb", "step", "batches", "truth", "entropy_floor", "kl_to_truth"}
     assert result["step"] == 20 and result["batches"] == 3
     assert 0 < result["val_loss"] < 10
     # The run's text comes from the demo grammar: its exact odds say how far the model is from them.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import re
 import sys
@@ -134,15 +135,40 @@ class TokenizedCorpus:
     val: np.ndarray  # (N_val,) same dtype; empty when val_fraction is 0
     vocab_size: int
     n_chars: int  # characters of the text that was tokenized (both parts)
+    # UTF-8 bytes of each part's text (0: not known, e.g. a corpus made by hand): the tokenizer-
+    # independent denominator that makes losses of different tokenizers comparable (bits per byte).
+    train_bytes: int = 0
+    val_bytes: int = 0
 
     @property
     def n_tokens(self) -> int:
         return int(len(self.train) + len(self.val))
 
     @property
+    def n_bytes(self) -> int:
+        return self.train_bytes + self.val_bytes
+
+    @property
     def chars_per_token(self) -> float:
         """Compression: how many characters one token covers on average."""
         return self.n_chars / self.n_tokens if self.n_tokens else 0.0
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Compression in UTF-8 bytes per token (0.0 when the byte count is not known)."""
+        return self.n_bytes / self.n_tokens if self.n_tokens and self.n_bytes else 0.0
+
+    def bits_per_byte(self, nats_per_token: float | None, split: str = "val") -> float | None:
+        """A mean loss over ``split``'s tokens (nats per token) as bits per UTF-8 byte of its text:
+        ``nats × tokens / (bytes × ln 2)``. The split's total information is the same in either
+        unit, so runs with different tokenizers on the same text compare on this one axis.
+        None without a loss, tokens or a byte count."""
+        if split not in ("val", "train"):
+            raise ParamError(f"split: {split!r} is not one of 'val', 'train'")
+        tokens, n_bytes = (len(self.val), self.val_bytes) if split == "val" else (len(self.train), self.train_bytes)
+        if nats_per_token is None or not tokens or not n_bytes:
+            return None
+        return float(nats_per_token) * tokens / (n_bytes * math.log(2))
 
 
 # A letter or digit followed by a punctuation mark (Unicode category P*, but not a connector
@@ -372,6 +398,7 @@ def tokenize_corpus(
     buffers: list[_TokenBuffer] = []
     table = TableEncoder.of(tokenizer)  # char/byte tokenizers: a NumPy lookup, not the library
     added = tuple(getattr(tokenizer, "added_strings", ()))
+    n_bytes = {"train": 0, "val": 0}  # UTF-8 bytes of each part, counted chunk by chunk (no copy of a part)
     try:
         for name, span in zip(("train", "val"), ranges):
             spill = Path(memmap_dir) / f"{name}.bin" if memmap_dir is not None else None
@@ -387,6 +414,7 @@ def tokenize_corpus(
                 for ids in _encode_batch(tokenizer, table, batch):
                     buffer.extend(ids)
                 chars = sum(len(c) for c in batch)
+                n_bytes[name] += sum(utf8_size(c) for c in batch)
                 if tokens_per_char is None:
                     tokens_per_char = buffer.size / chars
                     buffer.expect(int(len(span) * tokens_per_char * _ESTIMATE_SLACK) + 1024)
@@ -401,7 +429,14 @@ def tokenize_corpus(
         raise
     finally:
         release_freed_memory()
-    return TokenizedCorpus(train=parts["train"], val=parts["val"], vocab_size=vocab_size, n_chars=len(text))
+    return TokenizedCorpus(train=parts["train"], val=parts["val"], vocab_size=vocab_size, n_chars=len(text),
+                           train_bytes=n_bytes["train"], val_bytes=n_bytes["val"])
+
+
+def utf8_size(text: str) -> int:
+    """The UTF-8 byte count of ``text``: ASCII needs no encoding pass (one byte per character);
+    a lone surrogate (which UTF-8 cannot hold) counts as its 3-byte encoding."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _encode_batch(tokenizer: Tokenizer, table: TableEncoder | None, batch: list[str]) -> list[Sequence[int]]:

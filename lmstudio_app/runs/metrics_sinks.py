@@ -30,7 +30,7 @@ TENSORBOARD_MISSING = (
     "TensorBoard logging needs the optional package: pip install 'lmstudio-app[tensorboard]'"
 )
 # Scalars written to TensorBoard, under the same names as in metrics.jsonl and the CSV.
-SCALARS = ("train_loss", "val_loss", "lr", "tokens_per_s", "grad_norm")
+SCALARS = ("train_loss", "val_loss", "val_bpb", "lr", "tokens_per_s", "grad_norm")
 # CSV columns come in this order; other numeric keys follow in the order they first appear.
 CSV_COLUMNS = ("step", "elapsed_s", "train_loss", "val_loss", "lr", "tokens_per_s", "tokens_seen",
                "grad_norm", "max_steps")

@@ -49,6 +49,9 @@ class StepMetrics:
     tokens_per_s: float  # training throughput since the previous report (evaluation excluded)
     tokens_seen: int
     val_loss: float | None = None  # on evaluation steps
+    # val_loss in bits per UTF-8 byte of the validated text (val_loss × tokens / bytes / ln 2): one
+    # unit for every tokenizer. Absent from runs written before it existed.
+    val_bpb: float | None = None
     sample: str | None = None  # generated text, on evaluation steps
     grad_norm: float | None = None  # before clipping, when train.grad_clip > 0
     warning: str | None = None  # e.g. torch.compile failed and training went on without it

@@ -75,6 +75,11 @@ class TokenizerPanel(ChooserPanel, QWidget):
         self.vocab_label = QLabel("—")
         self.tokens_label = QLabel("—")
         self.compression_label = QLabel("—")
+        # Bytes per token: the compression in the unit bits per byte divides by, comparable across
+        # tokenizers and scripts (a character of Chinese text is 3 UTF-8 bytes, of English text 1).
+        self.bytes_per_token_label = QLabel("—")
+        self.bytes_per_token_label.setToolTip("UTF-8 bytes of the corpus per token: a loss in nats per token "
+                                              "divided by this (and by ln 2) is bits per byte")
 
         self.sample_edit = QLineEdit(DEFAULT_SAMPLE)
         self.sample_edit.setPlaceholderText("Type any text to see its tokens")
@@ -97,6 +102,7 @@ class TokenizerPanel(ChooserPanel, QWidget):
         stats.addRow("Vocabulary size", self.vocab_label)
         stats.addRow("Corpus tokens", self.tokens_label)
         stats.addRow("Characters per token", self.compression_label)
+        stats.addRow("Bytes per token", self.bytes_per_token_label)
         settings_layout.addLayout(stats)
         live = QGroupBox("Try it")
         live_layout = QVBoxLayout(live)
@@ -237,6 +243,8 @@ class TokenizerPanel(ChooserPanel, QWidget):
         self.vocab_label.setText(vocabulary_text(tokenizer) if tokenizer is not None else "—")
         self.tokens_label.setText(f"{corpus.n_tokens:,}" if corpus is not None else "—")
         self.compression_label.setText(f"{corpus.chars_per_token:.2f}" if corpus is not None else "—")
+        bytes_per_token = corpus.bytes_per_token if corpus is not None else 0.0  # 0.0: not known
+        self.bytes_per_token_label.setText(f"{bytes_per_token:.2f}" if bytes_per_token else "—")
         if self._task is None:
             if corpus is not None:
                 self.status_label.setText(f"Ready: {corpus.n_tokens:,} tokens")

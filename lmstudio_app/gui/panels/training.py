@@ -362,7 +362,7 @@ class TrainingPanel(QWidget):
         self.loss_plot.clear()
         for record in records:
             self.loss_plot.add_point(record.get("step", 0), record.get("train_loss"), record.get("lr"),
-                                     record.get("val_loss"), record.get("kl_to_truth"))
+                                     record.get("val_loss"), record.get("kl_to_truth"), record.get("val_bpb"))
         self.loss_plot.set_step_range(max_steps)
         self.loss_plot.redraw()
 

@@ -18,6 +18,11 @@ close the model came to the truth: the KL divergence from the truth at each eval
 KL(true ‖ model) over the watched prompts, a curve on the loss axis: both are nats) and the
 entropy floor, the lowest loss any model can reach, as a dashed horizontal line. A run without a
 truth shows neither (not even in the legend).
+
+The "y" choice switches the validation points between loss (nats per token of the run's
+tokenizer) and bits per UTF-8 byte of the validation text, the unit in which runs with
+different tokenizers compare. Only validation has a byte count, so in bits per byte the training
+curves, the KL curve and the entropy floor (all nats per token) are hidden rather than mixed in.
 """
 
 from __future__ import annotations
@@ -28,7 +33,16 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPaintEvent, QShowEvent
-from PySide6.QtWidgets import QCheckBox, QGraphicsItem, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QGraphicsItem,
+    QHBoxLayout,
+    QLabel,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 from lmstudio_app.training.control import StepMetrics
 
@@ -50,6 +64,9 @@ RANGE_SHRINK_BELOW = 0.5  # ... and only shrinks when the data fills less than t
 KL_LABEL = "KL to truth"  # the KL curve's legend entry
 KL_COLORS = ("#9467bd", "#c9a0ff")  # on a light, a dark background
 FLOOR_COLORS = ("#505050", "#b0b0b0")
+Y_LOSS, Y_BPB = "loss", "bpb"  # the y choice: loss in nats/token, or validation bits per byte
+Y_LABELS = {Y_LOSS: "loss (nats/token)", Y_BPB: "validation bits per byte"}
+NO_BPB_LABEL = "bits per byte: not recorded in this run"  # a run from before val_bpb existed
 
 
 class _TimedPlotWidget(pg.PlotWidget):
@@ -107,6 +124,11 @@ class StickyViewBox(pg.ViewBox):
         self._auto_ranges = [None, None]
         self.enableAutoRange()
 
+    def refit_y(self) -> None:
+        """Follow the data again on the y axis only, with an exact fit (the step range stays)."""
+        self._auto_ranges[self.YAxis] = None
+        self.enableAutoRange(axis=self.YAxis)
+
     def _sticky(self, axis: int, current: list[float], target: object) -> tuple[float, float] | None:
         """The range to set for ``target`` (the data's padded bounds), or None to keep ``current``."""
         if target is None:
@@ -135,6 +157,12 @@ class _DecimatedCurve:
         self.curve = curve
         self.symbol = symbol
         self.decimator = PeakDecimator(MAX_BINS)
+        self._version = buffer.version
+
+    def use(self, buffer: SeriesBuffer) -> None:
+        """Draw another buffer from the next redraw on (the decimator starts over)."""
+        self.buffer = buffer
+        self.decimator.reset()
         self._version = buffer.version
 
     def draw(self, x_min: float | None, x_max: float | None) -> None:
@@ -178,6 +206,8 @@ class LossPlot(QWidget):
         self.val = SeriesBuffer(max_points)
         self.lr = SeriesBuffer(max_points)
         self.kl = SeriesBuffer(max_points)  # KL(true ‖ model) at evaluations, for a synthetic corpus
+        self.val_bpb = SeriesBuffer(max_points)  # validation loss in bits per byte (absent in old runs)
+        self.y_unit = Y_LOSS
         self._has_data = False
         self.entropy_floor: float | None = None  # the truth's entropy rate, nats/token
         self.smoothing = 0.6
@@ -196,7 +226,7 @@ class LossPlot(QWidget):
         self.plot_widget = _TimedPlotWidget(viewBox=self.loss_view)
         self.plot_item = self.plot_widget.getPlotItem()
         self.plot_item.setLabel("bottom", "step")
-        self.plot_item.setLabel("left", "loss")
+        self.plot_item.setLabel("left", Y_LABELS[Y_LOSS])
         # The learning rate lives on its own y axis: a second ViewBox sharing the x axis.
         self.lr_view = StickyViewBox(from_zero=True)
         self.plot_item.showAxis("right")
@@ -237,9 +267,10 @@ class LossPlot(QWidget):
                                           labelOpts={"position": 0.02, "anchors": [(0, 1), (0, 1)]})
         self.floor_line.setVisible(False)
         self.plot_item.addItem(self.floor_line, ignoreBounds=True)
+        self._val_drawn = _DecimatedCurve(self.val, self.val_curve, symbol="o")  # or self.val_bpb (set_y_unit)
         self._curves = [_DecimatedCurve(self.train, self.train_raw_curve),
                         _DecimatedCurve(self.smoothed, self.train_curve),
-                        _DecimatedCurve(self.val, self.val_curve, symbol="o"),
+                        self._val_drawn,
                         _DecimatedCurve(self.lr, self.lr_curve),
                         _DecimatedCurve(self.kl, self.kl_curve, symbol="t")]
         self._set_skip_finite_check(True)
@@ -262,11 +293,20 @@ class LossPlot(QWidget):
         self.log_checkbox = QCheckBox("Log scale")
         self.log_checkbox.setObjectName("logScale")
         self.log_checkbox.toggled.connect(self.set_log_y)
+        self.y_combo = QComboBox()
+        self.y_combo.setObjectName("yUnit")
+        self.y_combo.addItem("loss", Y_LOSS)
+        self.y_combo.addItem("bits per byte", Y_BPB)
+        self.y_combo.setToolTip("Loss: nats per token of this run's tokenizer. Bits per byte: the validation loss "
+                                "per UTF-8 byte of the validation text, comparable across tokenizers")
+        self.y_combo.currentIndexChanged.connect(lambda _: self.set_y_unit(self.y_combo.currentData()))
         controls = QHBoxLayout()
         controls.addWidget(QLabel("Smoothing"))
         controls.addWidget(self.smoothing_slider, 1)
         controls.addWidget(self.smoothing_label)
         controls.addWidget(self.log_checkbox)
+        controls.addWidget(QLabel("y:"))
+        controls.addWidget(self.y_combo)
         return controls
 
     def _build_layout(self, controls: QHBoxLayout) -> None:
@@ -290,7 +330,8 @@ class LossPlot(QWidget):
     # ---- data in --------------------------------------------------------------------------
 
     def add_point(self, step: float, train_loss: float | None, lr: float | None = None,
-                  val_loss: float | None = None, kl_to_truth: float | None = None) -> None:
+                  val_loss: float | None = None, kl_to_truth: float | None = None,
+                  val_bpb: float | None = None) -> None:
         """Buffer one step's numbers; nothing is drawn until the next timer tick."""
         if train_loss is not None and np.isfinite(train_loss):
             self.train.append(step, train_loss)
@@ -303,6 +344,10 @@ class LossPlot(QWidget):
             self.lr.append(step, lr)
         if val_loss is not None and np.isfinite(val_loss):
             self.val.append(step, val_loss)
+        if val_bpb is not None and np.isfinite(val_bpb):
+            self.val_bpb.append(step, val_bpb)
+        if self.y_unit == Y_BPB and self.val.size + self.val_bpb.size == 1:  # the first validation point
+            self._update_y_label()
         if kl_to_truth is not None and np.isfinite(kl_to_truth):
             self.kl.append(step, kl_to_truth)
             if not self._kl_in_legend:
@@ -317,8 +362,9 @@ class LossPlot(QWidget):
         return self._has_data
 
     def add_metrics(self, metrics: StepMetrics) -> None:
-        """Take a step's report (its step, train_loss, lr, val_loss and KL to the truth)."""
-        self.add_point(metrics.step, metrics.train_loss, metrics.lr, metrics.val_loss, metrics.kl_to_truth)
+        """Take a step's report (its step, train_loss, lr, val_loss, val_bpb and KL to the truth)."""
+        self.add_point(metrics.step, metrics.train_loss, metrics.lr, metrics.val_loss, metrics.kl_to_truth,
+                       metrics.val_bpb)
 
     def set_entropy_floor(self, nats: float | None) -> None:
         """Draw the lowest reachable loss (a truth's entropy rate) as a dashed line; None hides it."""
@@ -328,6 +374,7 @@ class LossPlot(QWidget):
             return
         self.floor_line.setVisible(True)  # first: a hidden line's label ignores a new text
         self.floor_line.label.setFormat(f"entropy floor {self.entropy_floor:.3f}")
+        self.floor_line.setVisible(self.y_unit == Y_LOSS)  # nats/token: not on a bits-per-byte axis
         self.floor_line.setToolTip("The lowest mean loss any model can reach on this corpus (nats/token): "
                                    "its generating grammar's entropy rate")
         self._place_floor()
@@ -341,12 +388,13 @@ class LossPlot(QWidget):
     def clear(self) -> None:
         """Forget every point and the entropy floor; the step axis follows the data again (see
         :meth:`set_step_range`)."""
-        for buffer in (self.train, self.smoothed, self.val, self.lr, self.kl):
+        for buffer in (self.train, self.smoothed, self.val, self.val_bpb, self.lr, self.kl):
             buffer.clear()
         if self._kl_in_legend:
             self.plot_item.legend.removeItem(self.kl_curve)
             self._kl_in_legend = False
         self.set_entropy_floor(None)
+        self._update_y_label()
         self._ema_state, self._ema_count = 0.0, 0
         self.loss_view.refit()
         self.lr_view.refit()
@@ -382,6 +430,29 @@ class LossPlot(QWidget):
         self._pending_smoothing = value / 100
         self.smoothing_label.setText(f"{self._pending_smoothing:.2f}")
         self._dirty = True
+
+    def set_y_unit(self, unit: str) -> None:
+        """``"loss"``: every curve in nats per token; ``"bpb"``: the validation points in bits per
+        UTF-8 byte, alone on the left axis (the combo box follows)."""
+        if unit not in Y_LABELS:
+            raise ValueError(f"y unit {unit!r} is not one of {', '.join(Y_LABELS)}")
+        self.y_unit = unit
+        loss = unit == Y_LOSS
+        self._val_drawn.use(self.val if loss else self.val_bpb)
+        for curve in (self.train_raw_curve, self.train_curve, self.kl_curve):
+            curve.setVisible(loss)
+        self.floor_line.setVisible(loss and self.entropy_floor is not None)
+        self._update_y_label()
+        self.loss_view.refit_y()  # the values changed scale: fit them again (the steps stay)
+        if self.y_combo.currentData() != unit:
+            self.y_combo.setCurrentIndex(self.y_combo.findData(unit))
+        self._dirty = True
+        self.redraw()
+
+    def _update_y_label(self) -> None:
+        """The left axis's unit; in bits per byte, says so when the run recorded none (an old run)."""
+        missing = self.y_unit == Y_BPB and self.val.size > 0 and self.val_bpb.size == 0
+        self.plot_item.setLabel("left", NO_BPB_LABEL if missing else Y_LABELS[self.y_unit])
 
     def set_log_y(self, on: bool) -> None:
         """A logarithmic loss axis (the check box follows)."""
