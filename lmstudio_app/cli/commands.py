@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from ..errors import CheckpointError, ConfigError, LMStudioError, ParamError
 from ..registry import PluginRegistry, user_interrupts_marked, user_plugin_dir
 from ..runs.folder import RunDir
-from . import inspect
+from . import inspect, runs
 from .common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_argument("prompt", nargs="?", metavar="PROMPT", help="one of the run's watched prompts (default: all)")
     timeline.add_argument("--json", action="store_true", help="print JSON: the prompts and their recorded steps")
     inspect.add_parser(sub)  # attention, logit lens, per-token loss (cli/inspect.py)
+    runs.add_parsers(sub)  # runs, compare, rename (cli/runs.py)
 
     export = sub.add_parser("export", help="write a run's model for other tools (hf: a transformers folder)")
     export.add_argument("run_dir", metavar="RUN_DIR")
@@ -142,6 +143,9 @@ def cmd_eval(args: argparse.Namespace, registry: PluginRegistry) -> int:
         print("note: too little held-out text; the loss is measured on training text", file=sys.stderr)
     val_loss = trainer.evaluate(batches=batches, split=trainer.val_split)
     result: dict[str, Any] = {"val_loss": val_loss, "step": int(state["step"]), "batches": batches}
+    val_bpb = trainer.bits_per_byte(val_loss, trainer.val_split)  # the same loss per byte of text: any tokenizer
+    if val_bpb is not None:
+        result["val_bpb"] = val_bpb
     if trainer.truth is not None:  # a synthetic corpus: how far from the truth, and the best loss possible
         result.update(truth_report(trainer.truth, trainer.predictor()))
     print(json.dumps(result))
@@ -276,7 +280,7 @@ def cmd_plugins(args: argparse.Namespace, registry: PluginRegistry) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
             "generate": cmd_generate, "timeline": cmd_timeline, "inspect": inspect.cmd_inspect,
-            "export": cmd_export, "plugins": cmd_plugins}
+            "export": cmd_export, "plugins": cmd_plugins, **runs.COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None, *, gui: Callable[[list[str]], int] | None = None) -> int:

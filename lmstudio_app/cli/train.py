@@ -61,6 +61,8 @@ def format_step(m: StepMetrics, eta_s: float | None) -> str:
     parts = [f"step {m.step:>{width}}/{m.max_steps}", f"loss {m.train_loss:.4f}"]
     if m.val_loss is not None:
         parts.append(f"val {m.val_loss:.4f}")
+    if m.val_bpb is not None:
+        parts.append(f"{m.val_bpb:.3f} bits/byte")
     parts.append(f"lr {m.lr:.2e}")
     parts.append(f"{m.tokens_per_s / 1000:.1f}k tok/s" if m.tokens_per_s >= 1000 else f"{m.tokens_per_s:.0f} tok/s")
     if eta_s is not None:

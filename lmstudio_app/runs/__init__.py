@@ -8,7 +8,9 @@ random generators' state in a checkpoint), ``loading`` (rebuild a saved run's mo
 (one training process per run folder), ``integrity`` (what a resume checks before it touches
 anything: ``latest``, state.json, the config beside the weights, the corpus fingerprint; the
 leftovers of a kill),
-``metrics_sinks`` (TensorBoard and CSV) and ``export_hf`` (a Hugging Face transformers folder).
+``metrics_sinks`` (TensorBoard and CSV), ``export_hf`` (a Hugging Face transformers folder) and
+``index`` (every run's name, status and summary: ``RunsIndex``; run.json, outcome.json) with
+``location`` (the runs folder and the added folders, from the settings).
 
 May import: ``data``, ``config``, ``registry``, ``devices``, ``atomic_files``, ``file_reads`` and the plugin API.
 Never inference, training, the CLI or the GUI.

@@ -8,6 +8,7 @@ A run is a folder holding everything needed to inspect, reproduce or continue a 
     corpus.json       the size and SHA-256 of the token arrays trained on (see integrity.py)
     checkpoints/      step_00000500/ ... (see checkpoints.py) and ``latest``
     .lock             held by the process training in the folder (see lock.py)
+    run.json          the run's name; outcome.json: how its training last ended (see index.py)
 
 Every file that is replaced is written through :mod:`lmstudio_app.atomic_files`, so a crash or a
 full disk leaves either the old or the new file, never a torn one.
@@ -27,8 +28,8 @@ from ..atomic_files import atomic_write_text
 from ..config import RunConfig, copy_config, load_config, save_config
 from ..errors import CheckpointError, ConfigError
 from ..file_reads import GIB, MIB, TOKENIZER_FILE_LIMIT, check_regular_file, read_bytes
-from ..settings import default_runs_dir
 from ..tokenizer import Tokenizer
+from .location import runs_folder
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
@@ -50,7 +51,7 @@ RESUMABLE_TRAIN_KEYS = (
 def new_run_path(base: str | Path | None = None, prefix: str = "run") -> Path:
     """A fresh folder name like ``<base>/run-20261129-201500`` (``-2``, ``-3``... if taken); not created."""
     if base is None:
-        base = default_runs_dir()
+        base = runs_folder()  # the user's choice (settings), else the default
     base = Path(base)
     stem = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     candidate = base / stem
@@ -172,7 +173,7 @@ def _record_problem(record: dict[str, Any], check: Callable[[dict[str, Any]], st
 
 
 # metrics.jsonl's fields (StepMetrics) and what each must be; a record breaking one is skipped.
-_NUMBERS = ("elapsed_s", "train_loss", "lr", "tokens_per_s", "val_loss", "grad_norm", "kl_to_truth")
+_NUMBERS = ("elapsed_s", "train_loss", "lr", "tokens_per_s", "val_loss", "val_bpb", "grad_norm", "kl_to_truth")
 _WHOLE = ("max_steps", "tokens_seen")
 _TEXTS = ("sample", "warning")
 

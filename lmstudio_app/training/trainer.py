@@ -29,6 +29,7 @@ from ..devices import synchronize
 from ..errors import CheckpointError, LMStudioError, ParamError
 from ..inference.predictor import Predictor
 from ..registry import reraise_plugin_failure
+from ..runs.index import record_outcome
 from ..runs.lock import RunLock
 from ..runs.snapshots import is_snapshot_step, save_snapshot
 from ..tokenizer import Tokenizer
@@ -347,6 +348,7 @@ class Trainer:
                 metrics = self._report(train_loss, norm, window) if plan.log else None
                 if metrics is not None and plan.evaluate:
                     metrics.val_loss = self.last_val_loss = self._checked_val_loss()
+                    metrics.val_bpb = self.bits_per_byte(metrics.val_loss)
                     metrics.sample = self._sample_text() if self._main and plan.sample else None
                     metrics.kl_to_truth = self._watch()
                 # The step's record before its checkpoint: a kill in between resumes from the
@@ -371,6 +373,8 @@ class Trainer:
             raise
         finally:
             self._elapsed_offset, self._active_since = self._elapsed(), None
+            if self._main:  # how it ended, for the runs index (never raises; sees the error in flight)
+                record_outcome(self.run_dir, self.stop_reason, self.step, device=self.device.type)
             self._release_lock()
 
     def _snapshot(self) -> None:
@@ -467,6 +471,11 @@ class Trainer:
                                             self._model_owner)) is None:
                 self._shrink_micro_batches(self.step)  # out of memory: smaller evaluation batches too
             return value
+
+    def bits_per_byte(self, loss: float | None, split: str | None = None) -> float | None:
+        """A loss measured on ``split`` (default: the split validation uses, see :attr:`val_split`)
+        in bits per UTF-8 byte of that split's text; None when its byte count is not known."""
+        return self.corpus.bits_per_byte(loss, split or self.val_split)
 
     def _sample_text(self) -> str:
         """A generated continuation shown at each evaluation (starts a fresh line if it can)."""
