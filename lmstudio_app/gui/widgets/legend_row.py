@@ -51,7 +51,9 @@ class RowLegend(pg.LegendItem):
     def fit_columns(self, *_args: Any) -> None:
         """As many entries side by side as fit the plot's width (at most the columns asked for)."""
         room = self._plot_item.width() - 10
-        widths = [sample.boundingRect().width() + label.boundingRect().width() + 12 for sample, label in self.items]
+        # The text's own width: a LabelItem's bounding box is the layout cell it was stretched to,
+        # which would make the row look full once it is laid out.
+        widths = [sample.boundingRect().width() + label.item.boundingRect().width() + 16 for sample, label in self.items]
         columns = max(1, min(self._max_columns, len(widths) or 1))
         while columns > 1 and self._widest_row(widths, columns) > room:
             columns -= 1

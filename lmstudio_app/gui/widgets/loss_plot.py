@@ -65,7 +65,7 @@ KL_LABEL = "KL to truth"  # the KL curve's legend entry
 KL_COLORS = ("#9467bd", "#c9a0ff")  # on a light, a dark background
 FLOOR_COLORS = ("#505050", "#b0b0b0")
 Y_LOSS, Y_BPB = "loss", "bpb"  # the y choice: loss in nats/token, or validation bits per byte
-Y_LABELS = {Y_LOSS: "loss (nats/token)", Y_BPB: "validation bits per byte"}
+Y_LABELS = {Y_LOSS: "loss (nats/token)", Y_BPB: "val. bits/byte"}
 NO_BPB_LABEL = "bits per byte: not recorded in this run"  # a run from before val_bpb existed
 
 
@@ -227,6 +227,9 @@ class LossPlot(QWidget):
         self.plot_item = self.plot_widget.getPlotItem()
         self.plot_item.setLabel("bottom", "step")
         self.plot_item.setLabel("left", Y_LABELS[Y_LOSS])
+        # Plain numbers: an SI prefix turns 0.18 bits per byte into "180" with an "m" in a label
+        # too long to show.
+        self.plot_item.getAxis("left").enableAutoSIPrefix(False)
         # The learning rate lives on its own y axis: a second ViewBox sharing the x axis.
         self.lr_view = StickyViewBox(from_zero=True)
         self.plot_item.showAxis("right")
