@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from ..errors import CheckpointError, ConfigError, LMStudioError, ParamError
 from ..registry import PluginRegistry, user_interrupts_marked, user_plugin_dir
 from ..runs.folder import RunDir
-from . import inspect, runs
+from . import inspect, runs, sweep
 from .common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_argument("--json", action="store_true", help="print JSON: the prompts and their recorded steps")
     inspect.add_parser(sub)  # attention, logit lens, per-token loss (cli/inspect.py)
     runs.add_parsers(sub)  # runs, compare, rename (cli/runs.py)
+    sweep.add_parsers(sub)  # sweep, lr-find (cli/sweep.py)
 
     export = sub.add_parser("export", help="write a run's model for other tools (hf: a transformers folder)")
     export.add_argument("run_dir", metavar="RUN_DIR")
@@ -280,7 +281,7 @@ def cmd_plugins(args: argparse.Namespace, registry: PluginRegistry) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
             "generate": cmd_generate, "timeline": cmd_timeline, "inspect": inspect.cmd_inspect,
-            "export": cmd_export, "plugins": cmd_plugins, **runs.COMMANDS}
+            "export": cmd_export, "plugins": cmd_plugins, **runs.COMMANDS, **sweep.COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None, *, gui: Callable[[list[str]], int] | None = None) -> int:
