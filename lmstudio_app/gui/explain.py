@@ -73,6 +73,8 @@ PANEL_STAGES: dict[str, tuple[str, ...]] = {
     "pipeline": (),  # all of them: nothing singled out
     "timeline": ("probabilities", "loss"),
     "inside": ("model", "logits"),  # embeddings, attention and the layers' own guesses
+    "runs": ("loss",),  # the runs' validation losses
+    "compare": ("loss", "probabilities"),  # their curves, and their next-token guesses
 }
 _LISTED = 3  # tokens / candidates named in a sentence
 _NEEDS_MODEL = "Train a model (Training › Start) or open a run to see these numbers for your prompt."

@@ -46,11 +46,13 @@ from . import dialogs, gc_guard
 from .events import AppEvents
 from .export_actions import ExportActions
 from .help_menu import install as install_help
+from .panels.compare import ComparePanel
 from .panels.data import DataPanel
 from .panels.inside import InsidePanel
 from .panels.model import ModelPanel
 from .panels.pipeline import PipelineView
 from .panels.predictions import PredictionsPanel
+from .panels.runs import RunsPanel
 from .panels.timeline import TimelinePanel
 from .panels.tokenizer import TokenizerPanel
 from .panels.training import TrainingPanel
@@ -59,7 +61,7 @@ from .widgets.training_progress import STATUS_INTERVAL_MS
 from .worker import run_in_thread
 
 DEFAULT_SIZE = (1400, 900)  # the first window, where the screen allows
-STATE_VERSION = 3  # bump when the set of docks changes, so an old saved layout is ignored
+STATE_VERSION = 4  # bump when the set of docks changes, so an old saved layout is ignored
 GEOMETRY_KEY, STATE_KEY = "window_geometry", "window_state"
 # (key, title, panel class, dock area, shortcut to toggle it)
 DOCKS: tuple[tuple[str, str, type, Qt.DockWidgetArea, str], ...] = (
@@ -71,6 +73,8 @@ DOCKS: tuple[tuple[str, str, type, Qt.DockWidgetArea, str], ...] = (
     ("pipeline", "Pipeline", PipelineView, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+6"),
     ("timeline", "Timeline", TimelinePanel, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+7"),
     ("inside", "Inside", InsidePanel, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+8"),
+    ("runs", "Runs", RunsPanel, Qt.DockWidgetArea.LeftDockWidgetArea, "Alt+9"),
+    ("compare", "Compare", ComparePanel, Qt.DockWidgetArea.RightDockWidgetArea, "Alt+0"),
 )
 
 
@@ -149,15 +153,20 @@ class MainWindow(QMainWindow):
             self.docks[key], self.panels[key] = dock, panel
         self.tabifyDockWidget(self.docks["data"], self.docks["tokenizer"])
         self.tabifyDockWidget(self.docks["tokenizer"], self.docks["model"])
+        self.tabifyDockWidget(self.docks["model"], self.docks["runs"])
         self.docks["data"].raise_()
         self.splitDockWidget(self.docks["training"], self.docks["predictions"], Qt.Orientation.Vertical)
         self.tabifyDockWidget(self.docks["predictions"], self.docks["pipeline"])  # a laptop screen is short
         self.tabifyDockWidget(self.docks["pipeline"], self.docks["timeline"])
         self.tabifyDockWidget(self.docks["timeline"], self.docks["inside"])
+        self.tabifyDockWidget(self.docks["inside"], self.docks["compare"])
         self.docks["predictions"].raise_()
         self.resize(self._default_size())
         self.data_panel: DataPanel = self.panels["data"]  # type: ignore[assignment]
         self.training_panel: TrainingPanel = self.panels["training"]  # type: ignore[assignment]
+        self.panels["runs"].resume_requested.connect(self.training_panel.resume_run)  # the same Resume flow
+        self.panels["runs"].compare_requested.connect(lambda paths: (self.panels["compare"].set_runs(paths),
+                                                                     self.docks["compare"].raise_()))
         self._default_state = self.saveState(STATE_VERSION)
 
         self.exports = ExportActions(self, session, self.training_panel.loss_plot)
