@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import TINY
+from tests.conftest import TINY
 
 from lmstudio_app.cli.commands import main as cli_main
 from lmstudio_app.config import load_config
