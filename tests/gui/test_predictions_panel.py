@@ -55,7 +55,7 @@ def panel(qtbot, session, events, predictor, monkeypatch):
     qtbot.addWidget(widget)
     widget.resize(900, 700)
     widget.show()
-    qtbot.waitUntil(lambda: widget.prediction() is not None and not widget.is_busy(), timeout=5000)
+    qtbot.waitUntil(lambda: widget.prediction() is not None and not widget.is_busy(), timeout=20_000)
     return widget
 
 
