@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pytest
-from tests.conftest import TINY
 
 from lmstudio_app.cli.commands import main as cli_main
 from lmstudio_app.config import load_config
@@ -18,6 +17,7 @@ from lmstudio_app.runs.folder import CONFIG_FILE, RunDir
 from lmstudio_app.runs.index import read_summary
 from lmstudio_app.training.lr_finder import find_lr, suggest
 from lmstudio_app.training.sweep import SWEEP_FILE, Sweep, expand, parse_grid
+from tests.conftest import TINY
 
 
 @pytest.fixture
