@@ -46,6 +46,7 @@ from . import dialogs, gc_guard
 from .events import AppEvents
 from .export_actions import ExportActions
 from .help_menu import install as install_help
+from .lr_finder_dialog import LrFinderDialog
 from .panels.compare import ComparePanel
 from .panels.data import DataPanel
 from .panels.inside import InsidePanel
@@ -57,6 +58,7 @@ from .panels.timeline import TimelinePanel
 from .panels.tokenizer import TokenizerPanel
 from .panels.training import TrainingPanel
 from .plugins_dialog import PluginsDialog, open_plugin_folder
+from .sweep_dialog import SweepDialog
 from .widgets.training_progress import STATUS_INTERVAL_MS
 from .worker import run_in_thread
 
@@ -241,6 +243,9 @@ class MainWindow(QMainWindow):
         training.addSeparator()
         self.save_checkpoint_action = self._action(training, "Save &checkpoint", panel.save_checkpoint, "Ctrl+S")
         self._action(training, "&Resume run…", panel.choose_run_to_resume)
+        training.addSeparator()
+        self._action(training, "&Learning-rate finder…", lambda: LrFinderDialog(self.session, self).show())
+        self._action(training, "S&weep…", lambda: SweepDialog(self.session, self).show())
 
         view = bar.addMenu("&View")
         for key, _, _, _, shortcut in DOCKS:
