@@ -3,6 +3,8 @@
 - ``lmstudio runs [--json] [FOLDER...]``: every run in the runs folder from the settings and the
   folders added to the index (or in FOLDER...), newest first: name, status, steps, validation
   loss, bits per byte, wall time. Skipped folders are named on stderr, one line each.
+- ``lmstudio runs --folder PATH`` sets the runs folder (where new runs go; ``default`` resets it);
+  ``--add PATH`` / ``--remove PATH`` add a folder to the index or take one out (stored in the settings).
 - ``lmstudio compare RUN_A RUN_B ... [--json]``: the runs' summaries side by side and a config diff
   that shows only the keys whose values differ.
 - ``lmstudio rename RUN NAME``: the run's name, stored in its run.json ("" for the default name).
@@ -35,6 +37,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     runs.add_argument("folders", nargs="*", metavar="FOLDER",
                       help="folders of runs (or run folders) to list instead of the runs folder and added folders")
     runs.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    runs.add_argument("--folder", metavar="PATH",
+                      help="set the runs folder (where new runs go; \"default\" for the default one)")
+    runs.add_argument("--add", metavar="PATH", action="append", default=[],
+                      help="add a folder of runs to the runs index (repeatable)")
+    runs.add_argument("--remove", metavar="PATH", action="append", default=[],
+                      help="remove an added folder from the runs index (repeatable)")
     compare = sub.add_parser("compare", help="runs side by side and the config keys that differ")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run folders or names (two or more)")
     compare.add_argument("--json", action="store_true", help="one JSON object instead of tables")
@@ -64,7 +72,38 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
+def _change_folders(args: argparse.Namespace) -> None:
+    """``--folder``/``--add``/``--remove``: checked first, then stored; one line per change."""
+    from ..runs import location
+    from .common import UsageError
+
+    if args.folder is not None and args.folder != "default":
+        folder = Path(args.folder).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"runs --folder: {folder} is not a folder")
+    for path in args.add:
+        if not Path(path).expanduser().is_dir():
+            raise UsageError(f"runs --add: {path} is not a folder")
+    added = {str(p) for p in location.added_folders()}
+    for path in args.remove:
+        if str(Path(path).expanduser().absolute()) not in added:
+            raise UsageError(f"runs --remove: {path} is not one of the added folders "
+                             f"({', '.join(sorted(added)) or 'none'})")
+    if args.folder is not None:
+        location.set_runs_folder(None if args.folder == "default" else args.folder)
+        print(f"runs folder: {location.runs_folder()} (new runs go here)")
+    for path in args.add:
+        location.add_folder(path)
+        print(f"added to the runs index: {Path(path).expanduser().absolute()}")
+    for path in args.remove:
+        location.remove_folder(path)
+        print(f"removed from the runs index: {Path(path).expanduser().absolute()}")
+
+
 def cmd_runs(args: argparse.Namespace, registry: PluginRegistry) -> int:
+    if args.folder is not None or args.add or args.remove:
+        _change_folders(args)
+        return 0
     index = RunsIndex(args.folders or None)
     if args.json:
         print(json.dumps({"runs": [r.to_dict() for r in index.runs], "skipped": index.problems}, ensure_ascii=False))

@@ -2,7 +2,8 @@
 
 - ``lmstudio sweep CONFIG --grid section.key=v1,v2 [--grid ...] [--random N] [--seed S] [--out FOLDER] [--json]``
   trains one run per point of the grids' product (or N random points) in the sweep folder (default:
-  ``sweep-<time>`` under the runs folder), one after another, and prints the results table: each
+  ``sweep-<time>`` under the runs folder), one after another (``--parallel K``: up to K at once, each
+  a ``python -m lmstudio_app train`` subprocess; on 2 cores that is no faster), and prints the results table: each
   point's values, status, steps, final and best validation loss, bits per byte, wall time, run.
   ``lmstudio sweep --out FOLDER`` (no CONFIG, no --grid) resumes a stopped sweep; Ctrl-C stops the
   current point after its step (it resumes from there), a second Ctrl-C quits at once.
@@ -43,6 +44,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--random", type=int, metavar="N", help="train only N points drawn at random from the grid")
     sweep.add_argument("--seed", type=int, default=0, metavar="S", help="the seed of --random's draw (default 0)")
     sweep.add_argument("--out", metavar="FOLDER", help="the sweep folder (an existing one is resumed)")
+    sweep.add_argument("--parallel", type=int, default=1, metavar="K",
+                       help="train up to K points at once, each a subprocess (default 1; on a machine with "
+                            "few cores it is no faster)")
     sweep.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
     lrf = sub.add_parser("lr-find", help="learning-rate range test: the loss as the rate grows, and a suggestion")
@@ -120,6 +124,8 @@ def cmd_sweep(args: argparse.Namespace, registry: PluginRegistry) -> int:
     from ..training.sweep import Sweep, parse_grid
 
     grids = [parse_grid(text) for text in args.grid]
+    if args.parallel < 1:
+        raise UsageError(f"sweep --parallel: expected 1 or more points at once, got {args.parallel}")
     if args.config is None and (grids or args.out is None):
         raise UsageError("sweep: give CONFIG.toml and --grid section.key=v1,v2,... (or --out FOLDER to resume one)")
     if args.config is not None and not grids:
@@ -148,7 +154,7 @@ def cmd_sweep(args: argparse.Namespace, registry: PluginRegistry) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
         log.write(f"sweep of {total} points in {sweep.folder}\n")
-        sweep.run(registry, on_point=on_point)
+        sweep.run(registry, on_point=on_point, parallel=args.parallel)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

@@ -5,8 +5,9 @@
   :func:`expand` with ``random_picks=N`` keeps N of those points, drawn with a fixed seed.
 - :class:`Sweep` owns a sweep folder: ``sweep.json`` (written atomically after every change) lists
   the grids, the base config and each point's values and run folder (``point-001``, ...). The
-  points train one after another (no parallel runs: on a small machine they would only share the
-  same cores). Opening the folder again resumes: finished (and failed) points are skipped, a
+  points train one after another, or with ``run(parallel=K)`` up to K at once, each as its own
+  ``python -m lmstudio_app train`` subprocess (only this process writes sweep.json; on a machine
+  with few cores, 2 say, parallel points share the same cores and finish no sooner). Opening the folder again resumes: finished (and failed) points are skipped, a
   stopped or killed one is resumed from its last checkpoint (restarted in a fresh folder if it had
   none), the rest start. A point whose training fails (a nan loss at a high learning rate, say) is
   recorded as failed and the sweep goes on.
@@ -21,7 +22,10 @@ import contextlib
 import itertools
 import json
 import random
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +47,8 @@ __all__ = ["SWEEP_FILE", "PointResult", "Sweep", "expand", "parse_grid"]
 
 SWEEP_FILE = "sweep.json"
 VERSION = 1
+_SIGINT = 2  # signal.SIGINT: a child trainer stops after its step, as on Ctrl-C
+_EXIT_INTERRUPTED = 130  # what ``lmstudio train`` exits with when interrupted (cli/common.py)
 MAX_POINTS = 1000  # a typo like 1e-3,... ×10 grids must not queue a year of training
 
 
@@ -122,6 +128,7 @@ class Sweep:
         self._stop = threading.Event()
         self._trainer: Any = None  # the point training now, to stop it from another thread
         self._lock = threading.Lock()
+        self._name_later: list[tuple[Path, str]] = []  # parallel points to name once their child ends
 
     # -- the folder ------------------------------------------------------------------------------
 
@@ -199,16 +206,21 @@ class Sweep:
 
     def run(self, registry: PluginRegistry,
             on_point: Callable[[int, dict[str, str], str], None] | None = None,
-            on_step: Callable[[int, StepMetrics], None] | None = None) -> list[int]:
+            on_step: Callable[[int, StepMetrics], None] | None = None, parallel: int = 1) -> list[int]:
         """Train the points not done yet, in order; the indices of those trained (even partly) now.
 
         ``on_point(index, values, what)`` says "start", "resume", "skip", "done", "stopped" or
-        "failed: <reason>"; ``on_step(index, metrics)`` gets each training report.
+        "failed: <reason>"; ``on_step(index, metrics)`` gets each training report (in this
+        process only: with ``parallel`` > 1 the points train in subprocesses and it is not called).
         """
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+            raise ConfigError(f"--parallel: expected a whole number of points at once, 1 or more, got {parallel!r}")
         trained: list[int] = []
         lock = RunLock(self.folder)  # a second process on this sweep is refused, naming the first
         lock.acquire()
         try:
+            if parallel > 1:
+                return self._run_parallel(parallel, on_point)
             for index, point in enumerate(self.data["points"]):
                 if self._stop.is_set():
                     break
@@ -225,6 +237,109 @@ class Sweep:
         finally:
             lock.release()
         return trained
+
+    def _run_parallel(self, parallel: int,
+                      on_point: Callable[[int, dict[str, str], str], None] | None) -> list[int]:
+        """Up to ``parallel`` points at once, each a ``python -m lmstudio_app train`` subprocess.
+
+        Only this process writes sweep.json (atomically, after each start and end); a child's outcome
+        is its run folder's status (finished, stopped) or, when it exits with an error, "failed" with
+        its last stderr line. :meth:`stop` sends each child SIGINT: it stops after its step, resumable."""
+        trained: list[int] = []
+        running: dict[int, tuple[subprocess.Popen[bytes], Any]] = {}
+        signalled: set[int] = set()
+        pending = list(enumerate(self.data["points"]))
+        try:
+            while pending or running:
+                while pending and len(running) < parallel and not self._stop.is_set():
+                    index, point = pending.pop(0)
+                    what = self._plan(point)
+                    if on_point is not None:
+                        on_point(index, point["values"], what)
+                    if what == "skip":
+                        continue
+                    trained.append(index)
+                    running[index] = self._spawn(index, point, what == "resume")
+                if self._stop.is_set():
+                    pending.clear()
+                    for index, (child, _err) in running.items():
+                        # Once only: a second SIGINT makes ``lmstudio train`` quit without its checkpoint.
+                        if index not in signalled and child.poll() is None:
+                            child.send_signal(_SIGINT)
+                            signalled.add(index)
+                for index, (child, err) in list(running.items()):
+                    if child.poll() is None:
+                        continue
+                    del running[index]
+                    self._finish_child(self.data["points"][index], child.returncode, err, index in signalled)
+                    if on_point is not None:
+                        point = self.data["points"][index]
+                        on_point(index, point["values"], point["status"] if point["status"] != "failed"
+                                 else f"failed: {point['reason']}")
+                if running:
+                    time.sleep(0.1)  # polling a few children; a wait on one would miss the others
+        except BaseException:
+            for index, (child, _err) in running.items():
+                if index not in signalled and child.poll() is None:
+                    child.send_signal(_SIGINT)
+            for index, (child, err) in running.items():
+                try:
+                    child.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                point = self.data["points"][index]
+                point["status"], point["reason"] = "stopped", "interrupted"
+                err.close()
+            self._save()
+            raise
+        return trained
+
+    def _spawn(self, index: int, point: dict[str, Any], resume: bool) -> tuple[subprocess.Popen[bytes], Any]:
+        path = self.folder / point["run"]
+        command = [sys.executable, "-m", "lmstudio_app", "train"]
+        if resume:
+            command += ["--resume", str(path)]
+        else:
+            source = f"{self.folder / SWEEP_FILE} point {index + 1}"
+            config_file = self.folder / f".{point['run']}.toml"  # the child's input; the run keeps its own copy
+            atomic_write_text(config_file, point_config(self.data["base_config"], point["values"], source).to_toml())
+            command += [str(config_file), "--out", str(path)]
+        point["status"], point["reason"] = "running", ""
+        self._save()
+        err = open(self.folder / f".{point['run']}.stderr", "w+b")
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        if not resume:
+            # A readable name in the runs index, as the in-process path gives (once config.toml exists).
+            self._name_later.append((path, f"{self.folder.name} · " + ", ".join(
+                f"{key.split('.')[-1]}={value}" for key, value in point["values"].items())))
+        return child, err
+
+    def _finish_child(self, point: dict[str, Any], returncode: int, err: Any, signalled: bool) -> None:
+        err.seek(0)
+        lines = [line for line in err.read().decode("utf-8", "replace").splitlines() if line.strip()]
+        err.close()
+        path = self.folder / point["run"]
+        for scratch in (self.folder / f".{point['run']}.toml", Path(err.name)):  # the run keeps its own config
+            with contextlib.suppress(OSError):
+                scratch.unlink()
+        for named_path, name in list(self._name_later):
+            if named_path == path:
+                self._name_later.remove((named_path, name))
+                with contextlib.suppress(LMStudioError, OSError):
+                    set_run_name(path, name)
+        summary = None
+        with contextlib.suppress(LMStudioError):
+            summary = read_summary(path) if (path / CONFIG_FILE).is_file() else None
+        if returncode == 0 and summary is not None:
+            point["status"] = "finished" if summary.status == "finished" else "stopped"
+            point["reason"] = summary.reason
+        elif signalled or returncode in (_EXIT_INTERRUPTED, -_SIGINT):  # stopped by us (maybe mid-import)
+            point["status"], point["reason"] = "stopped", "interrupted"
+        else:
+            last = lines[-1] if lines else f"exit status {returncode}"
+            point["status"], point["reason"] = "failed", last.removeprefix("lmstudio: error: ")[:300]
+        self._save()
 
     def _plan(self, point: dict[str, Any]) -> str:
         """"skip" (finished or failed), "resume" (a checkpoint to go on from) or "start"."""

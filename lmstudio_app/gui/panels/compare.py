@@ -1,7 +1,8 @@
 """The Compare dock: several runs side by side.
 
 - their curves on one plot: validation (and, optionally, train) loss against the step, the tokens
-  seen or the wall time, as loss (nats per token) or bits per UTF-8 byte of the validation text
+  seen, the wall time or the training FLOPs (tokens seen × the run's FLOPs per token, recorded or
+  6 × non-embedding parameters: :mod:`lmstudio_app.runs.flops`; the axis label says which), as loss (nats per token) or bits per UTF-8 byte of the validation text
   (the one axis on which runs with different tokenizers compare). A train curve in bits per byte
   uses its run's validation ratio bpb/loss (tokens per byte of the validation text);
 - a config diff table: only the keys whose values differ (:func:`~lmstudio_app.runs.index.config_diff`);
@@ -33,13 +34,15 @@ from PySide6.QtWidgets import (
 
 from ...errors import LMStudioError
 from ...inference.predictor import Predictor, load_predictor
+from ...runs.flops import flops_per_token
 from ...runs.folder import RunDir
 from ...runs.index import RunSummary, config_diff, read_summary
 from ...session import Session
 from ..events import AppEvents
 from ..queries import LatestQuery
 
-X_AXES = {"step": ("step", "step"), "tokens": ("tokens_seen", "tokens seen"), "time": ("elapsed_s", "wall time (s)")}
+X_AXES = {"step": ("step", "step"), "tokens": ("tokens_seen", "tokens seen"), "time": ("elapsed_s", "wall time (s)"),
+          "flops": ("flops", "training FLOPs")}  # "flops": tokens_seen × the run's FLOPs per token
 Y_AXES = {"loss": "loss (nats/token)", "bpb": "bits per byte"}
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 TOP_K = 5
@@ -91,6 +94,7 @@ class ComparePanel(QWidget):
         self.runs: list[RunSummary] = []
         self.records: dict[Path, list[dict[str, Any]]] = {}
         self.problems: list[str] = []
+        self._flops: dict[Path, tuple[float | None, str]] = {}  # run -> (FLOPs per token, where from)
         self._predictors: dict[Path, Predictor] = {}  # loaded once per run, only in the query thread
         self.predictions: dict[Path, list[tuple[str, float]] | str] = {}  # run -> top tokens, or a problem
 
@@ -169,7 +173,7 @@ class ComparePanel(QWidget):
 
     def set_runs(self, paths: list[Path]) -> None:
         """Compare these runs (a folder that cannot be read is left out, said in the hint)."""
-        self.runs, self.records, self.problems = [], {}, []
+        self.runs, self.records, self.problems, self._flops = [], {}, [], {}
         for path in paths:
             try:
                 summary = read_summary(path)
@@ -179,6 +183,7 @@ class ComparePanel(QWidget):
                 continue
             self.runs.append(summary)
             self.records[summary.path] = records
+            self._flops[summary.path] = flops_per_token(summary.path, records)
         self._predictors = {p: v for p, v in self._predictors.items() if p in self.records}
         self.redraw()
         self._fill_diff()
@@ -191,12 +196,15 @@ class ComparePanel(QWidget):
         self.legend.clear()
         x_key, x_label = X_AXES[self.x_combo.currentData()]
         y = self.y_combo.currentData()
+        if x_key == "flops":
+            sources = sorted({self._flops[r.path][1] for r in self.runs if self._flops[r.path][1]})
+            x_label += f" (FLOPs/token: {' or '.join(sources) or 'unknown'}, × tokens seen)"
         self.plot.setLabel("bottom", x_label)
         self.plot.setLabel("left", Y_AXES[y])
         self.curves: dict[tuple[Path, str], pg.PlotDataItem] = {}
         for i, (run, label) in enumerate(zip(self.runs, self.labels())):
             colour = COLOURS[i % len(COLOURS)]
-            series = run_series(self.records[run.path], x_key, y)
+            series = run_series(self._x_records(run.path, x_key), x_key, y)
             xs, ys = series["val"]
             self.curves[(run.path, "val")] = self.plot.plot(
                 xs, ys, pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=5, symbolBrush=colour,
@@ -205,14 +213,28 @@ class ComparePanel(QWidget):
                 xs, ys = series["train"]
                 self.curves[(run.path, "train")] = self.plot.plot(
                     xs, ys, pen=pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine), name=f"{label} (train)")
-        missing = [r.name for r in self.runs if y == "bpb" and not run_series(self.records[r.path], x_key, y)["val"][0]]
+        missing = [r.name for r in self.runs
+                   if y == "bpb" and not run_series(self._x_records(r.path, x_key), x_key, y)["val"][0]]
         notes = list(self.problems)
+        if x_key == "flops" and (unknown := [r.name for r in self.runs if self._flops[r.path][0] is None]):
+            notes.append("no FLOPs per token (no checkpoint): " + ", ".join(unknown))
         if missing:
             notes.append("no bits per byte recorded: " + ", ".join(missing))
         if not self.runs:
             notes.insert(0, "Select runs in the Runs panel and press Compare.")
         self.hint.setText("; ".join(notes))
         self.hint.setVisible(bool(notes))
+
+    def _x_records(self, path: Path, x_key: str) -> list[dict[str, Any]]:
+        """The run's records, with ``flops`` (tokens seen × FLOPs per token) added for that axis."""
+        records = self.records[path]
+        if x_key != "flops":
+            return records
+        per_token = self._flops[path][0]
+        if per_token is None:
+            return []
+        return [{**r, "flops": r["tokens_seen"] * per_token} if _finite(r.get("tokens_seen")) is not None else r
+                for r in records]
 
     # ---- the config diff ---------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ for through :attr:`RunsPanel.resume_requested`), rename it (inline edit of the N
 button), "train again with…" (its config.toml applied to the editors like a preset), delete it
 (confirmed; refused while it trains), reveal it in the file manager (the path is shown when no
 file manager opens it). Select several runs and press Compare: :attr:`compare_requested` carries
-their folders to the Compare dock.
+their folders to the Compare dock. "Runs folder…" chooses where new runs go (and the first folder
+the index scans); "Add folder…"/"Remove folder" change the further folders it scans (both stored in
+the settings through ``runs.location``; a panel built on the settings' index follows at once).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QFileDialog,
     QGridLayout,
     QHeaderView,
+    QInputDialog,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -39,6 +43,7 @@ from PySide6.QtWidgets import (
 )
 
 from ...errors import CheckpointError, LMStudioError
+from ...runs import location
 from ...runs.index import RunsIndex, RunSummary
 from ...session import Session
 from .. import dialogs
@@ -146,6 +151,8 @@ class RunsPanel(QWidget):
         super().__init__(parent)
         self.setObjectName("runsPanel")
         self.session, self.events = session, events
+        # Built on the settings' folders: a change of the runs folder or added folders rebuilds it.
+        self._follows_settings = index is None
         self.model = RunsTableModel(index if index is not None else RunsIndex(), self)
         self.model.rename_failed.connect(lambda exc: dialogs.show_exception(self, exc))
         self.proxy = QSortFilterProxyModel(self)
@@ -188,18 +195,32 @@ class RunsPanel(QWidget):
             button.clicked.connect(slot)
             rows.addWidget(button, i // 4, i % 4)
             self.buttons[key] = button
+        for i, (key, text, slot) in enumerate((("folder", "Runs folder…", self.choose_runs_folder),
+                                               ("addFolder", "Add folder…", self.add_folder),
+                                               ("removeFolder", "Remove folder", self.remove_folder))):
+            button = QPushButton(text)
+            button.setObjectName(f"runs_{key}Button")
+            button.clicked.connect(lambda _checked=False, slot=slot: slot())
+            rows.addWidget(button, 2, i)
+            self.buttons[key] = button
+        self.buttons["folder"].setToolTip("Choose the folder new runs go into")
+        self.folder_label = QLabel(wordWrap=True)
+        self.folder_label.setObjectName("runsFolderLabel")
+        self.folder_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.buttons["again"].setToolTip("Copy this run's settings into the editors (the data stays)")
         self.buttons["compare"].setToolTip("Select several runs (Ctrl+click) to compare their curves")
         layout = QVBoxLayout(self)
         layout.addWidget(self.filter_edit)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.problems_label)
+        layout.addWidget(self.folder_label)
         layout.addLayout(rows)
 
         # A run appears when it starts and its status changes when it ends or is opened.
         for signal in (events.training_started, events.training_finished, events.run_loaded):
             signal.connect(lambda *_: self.refresh())
         self._show_problems()
+        self._show_folders()
         self._update_buttons()
 
     # ---- selection ---------------------------------------------------------------------------
@@ -228,6 +249,7 @@ class RunsPanel(QWidget):
         for key in ("open", "resume", "rename", "again", "delete", "reveal"):
             self.buttons[key].setEnabled(count == 1)
         self.buttons["compare"].setEnabled(count >= 1)
+        self.buttons["removeFolder"].setEnabled(bool(location.added_folders()))
 
     # ---- actions -----------------------------------------------------------------------------
 
@@ -310,3 +332,58 @@ class RunsPanel(QWidget):
         runs = self.selected_runs()
         if runs:
             self.compare_requested.emit([r.path for r in runs])
+
+    # ---- folders -----------------------------------------------------------------------------
+
+    def _show_folders(self) -> None:
+        added = location.added_folders()
+        text = f"New runs go into {location.runs_folder()}"
+        if added:
+            text += " · also listed: " + ", ".join(str(p) for p in added)
+        self.folder_label.setText(text)
+
+    def _folders_changed(self) -> None:
+        if self._follows_settings:
+            self.model.runs_index = RunsIndex()
+        self._show_folders()
+        self.refresh()
+
+    def choose_runs_folder(self, folder: str | Path | None = None) -> None:
+        """Set where new runs go (asks with a folder dialog unless given one)."""
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Runs folder: where new runs go",
+                                                      str(location.runs_folder()))
+            if not folder:
+                return
+        path = Path(folder).expanduser()
+        if path.exists() and not path.is_dir():
+            dialogs.show_error(self, f"{path}: not a folder; the runs folder stays {location.runs_folder()}")
+            return
+        location.set_runs_folder(path)
+        self._folders_changed()
+        self.events.status_message.emit(f"New runs go into {location.runs_folder()}")
+
+    def add_folder(self, folder: str | Path | None = None) -> None:
+        """Add a folder of runs (or one run folder) to the index."""
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Add a folder of runs", str(location.runs_folder()))
+            if not folder:
+                return
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            dialogs.show_error(self, f"{path}: not a folder; nothing added to the runs index")
+            return
+        location.add_folder(path)
+        self._folders_changed()
+
+    def remove_folder(self, folder: str | Path | None = None) -> None:
+        """Take an added folder out of the index (its runs stay on disk)."""
+        added = [str(p) for p in location.added_folders()]
+        if not added:
+            return
+        if folder is None:
+            folder, ok = QInputDialog.getItem(self, "Remove folder", "Stop listing the runs in:", added, 0, False)
+            if not ok or not folder:
+                return
+        location.remove_folder(folder)
+        self._folders_changed()

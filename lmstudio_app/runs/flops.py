@@ -1,0 +1,79 @@
+"""Training FLOPs of a run, for the Compare panel's x axis: FLOPs = FLOPs per token × tokens seen.
+
+FLOPs per token come from the run when it recorded them (``flops_per_token`` in its run.json or
+outcome.json, or in a metrics record), else the standard estimate 6 × non-embedding parameters,
+counted from the latest checkpoint's model.safetensors header (tensors named like token/position
+embeddings left out). :func:`flops_per_token` says which one it used.
+May import: ``runs.folder``, ``runs.index``, ``file_reads``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import stat
+import struct
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError, LMStudioError
+from ..file_reads import SMALL_FILE_LIMIT
+from .folder import RunDir
+from .index import MODEL_FILE, OUTCOME_FILE, _latest_checkpoint, _read_run_file
+
+RECORDED, ESTIMATED = "recorded", "6 × non-embedding parameters"
+# Token and position embedding tables: a lookup, not a matmul, so not in the 6N estimate.
+_EMBEDDING = re.compile(r"(^|\.)(wte|wpe|tok_emb\w*|pos_emb\w*|embed\w*|embedding\w*)\.weight$")
+
+
+def _positive(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
+
+
+def non_embedding_parameters(model_file: Path) -> int | None:
+    """Values in a model.safetensors, embedding tables left out (header only; None if unreadable)."""
+    try:
+        with open(model_file, "rb", opener=lambda p, f: os.open(p, f | getattr(os, "O_NONBLOCK", 0))) as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            size = struct.unpack("<Q", fh.read(8))[0]
+            if size > SMALL_FILE_LIMIT:
+                return None
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError, struct.error, RecursionError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    total = 0
+    for key, entry in header.items():
+        if key == "__metadata__" or _EMBEDDING.search(key) or not isinstance(entry, dict):
+            continue
+        shape = entry.get("shape")
+        if isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            total += math.prod(shape)
+    return total
+
+
+def flops_per_token(path: Path, records: list[dict[str, Any]] | None = None) -> tuple[float | None, str]:
+    """``(FLOPs per token, source)`` for the run in ``path``: RECORDED, ESTIMATED, or (None, "")."""
+    for name in (OUTCOME_FILE, None):
+        try:
+            info = _read_run_file(path, name) if name else _read_run_file(path)
+        except CheckpointError:
+            continue
+        if (value := _positive(info.get("flops_per_token"))) is not None:
+            return value, RECORDED
+    for record in records or ():
+        if (value := _positive(record.get("flops_per_token"))) is not None:
+            return value, RECORDED
+    try:
+        run = RunDir.open(path)
+    except (LMStudioError, OSError):
+        return None, ""
+    latest = _latest_checkpoint(run) if run.checkpoints_dir.is_dir() else None
+    count = non_embedding_parameters(latest[0] / MODEL_FILE) if latest is not None else None
+    return (6.0 * count, ESTIMATED) if count else (None, "")
