@@ -3,6 +3,7 @@
 - ``home``: ``LMSTUDIO_HOME`` under ``tmp_path`` and the plugin switches unset (settings, runs and
   the user plugin folder never touch the real home); ``session`` uses it.
 - ``registry``: the built-in plugins (module-scoped: discovering them is not free).
+- ``restore_torch_threads``: torch's thread count put back after a module that trains.
 - ``tiny_config``: a char tokenizer and a 1-layer GPT that train 12 steps in about a second.
 - ``text_file``: a small UTF-8 text; ``session``: a :class:`Session` over it (tokenizer not built).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmstudio_app.config import RunConfig, load_preset
 from lmstudio_app.registry import PluginRegistry
@@ -44,6 +46,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LMSTUDIO_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("LMSTUDIO_PLUGINS", raising=False)
     return tmp_path / "home"
+
+
+@pytest.fixture(scope="module")
+def restore_torch_threads():
+    """Put torch's thread count back after a module whose Trainers applied train.threads (process-wide)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

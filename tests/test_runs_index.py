@@ -14,11 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from reliability_support import ROOT, SENTENCES, tiny_config
 
 from lmstudio_app.cli.commands import main as cli_main
-from lmstudio_app.registry import PluginRegistry
 from lmstudio_app.runs.folder import RunDir, new_run_path
 from lmstudio_app.runs.index import (
     OUTCOME_FILE,
@@ -34,22 +32,9 @@ from lmstudio_app.runs.index import (
 from lmstudio_app.settings import default_runs_dir
 from lmstudio_app.training.trainer import Trainer
 
-
-@pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry.discover(use_user_dir=False)
-
-
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("LMSTUDIO_HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)  # the Trainer applies train.threads process-wide
+# tests/conftest.py: an isolated LMSTUDIO_HOME, and torch's thread count put back after the module
+# (the Trainer applies train.threads process-wide); ``registry`` comes from there too.
+pytestmark = pytest.mark.usefixtures("home", "restore_torch_threads")
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,21 @@ May import: ``runs.folder``, ``runs.index``, ``file_reads``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import stat
-import struct
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, LMStudioError
-from ..file_reads import SMALL_FILE_LIMIT
 from .folder import RunDir
-from .index import MODEL_FILE, OUTCOME_FILE, _latest_checkpoint, _read_run_file
+from .index import (
+    MODEL_FILE,
+    OUTCOME_FILE,
+    _latest_checkpoint,
+    _read_run_file,
+    safetensors_header,
+    tensor_values,
+)
 
 RECORDED, ESTIMATED = "recorded", "6 × non-embedding parameters"
 # Token and position embedding tables: a lookup, not a matmul, so not in the 6N estimate.
@@ -36,26 +38,8 @@ def _positive(value: Any) -> float | None:
 
 def non_embedding_parameters(model_file: Path) -> int | None:
     """Values in a model.safetensors, embedding tables left out (header only; None if unreadable)."""
-    try:
-        with open(model_file, "rb", opener=lambda p, f: os.open(p, f | getattr(os, "O_NONBLOCK", 0))) as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                return None
-            size = struct.unpack("<Q", fh.read(8))[0]
-            if size > SMALL_FILE_LIMIT:
-                return None
-            header = json.loads(fh.read(size))
-    except (OSError, ValueError, struct.error, RecursionError):
-        return None
-    if not isinstance(header, dict):
-        return None
-    total = 0
-    for key, entry in header.items():
-        if key == "__metadata__" or _EMBEDDING.search(key) or not isinstance(entry, dict):
-            continue
-        shape = entry.get("shape")
-        if isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-            total += math.prod(shape)
-    return total
+    header = safetensors_header(model_file)
+    return tensor_values(header, skip=_EMBEDDING.search) if header is not None else None
 
 
 def flops_per_token(path: Path, records: list[dict[str, Any]] | None = None) -> tuple[float | None, str]:

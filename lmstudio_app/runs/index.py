@@ -29,17 +29,16 @@ import os
 import re
 import shutil
 import socket
-import stat
 import struct
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..atomic_files import atomic_write_text
 from ..errors import CheckpointError, LMStudioError
-from ..file_reads import SMALL_FILE_LIMIT, read_bytes, read_text
+from ..file_reads import SMALL_FILE_LIMIT, open_regular, read_bytes, read_text
 from .folder import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -252,30 +251,40 @@ def default_name(config: dict[str, Any]) -> str:
     return f"{_corpus_text(files)} · {_model_text(config.get('model'))}"
 
 
-def _count_parameters(folder: Path) -> int | None:
-    """The number of values in a checkpoint's model.safetensors, from its header alone."""
-    file = folder / MODEL_FILE
+def safetensors_header(file: Path) -> dict[str, Any] | None:
+    """A model.safetensors' JSON header (tensor name -> dtype, shape, offsets), read without its
+    tensors and without importing torch; None when the file is not a readable checkpoint."""
     try:
-        with open(file, "rb", opener=lambda p, f: os.open(p, f | getattr(os, "O_NONBLOCK", 0))) as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                return None
+        fd, _size = open_regular(file, what="checkpoint weights", error=CheckpointError)
+    except LMStudioError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
             size = struct.unpack("<Q", fh.read(8))[0]
             if size > SMALL_FILE_LIMIT:
                 return None
             header = json.loads(fh.read(size))
     except (OSError, ValueError, struct.error, RecursionError):
         return None
-    if not isinstance(header, dict):
-        return None
+    return header if isinstance(header, dict) else None
+
+
+def tensor_values(header: dict[str, Any], skip: Callable[[str], bool] | None = None) -> int:
+    """The number of values of the tensors a safetensors header lists (those ``skip`` names left out)."""
     total = 0
     for key, entry in header.items():
-        if key == "__metadata__" or not isinstance(entry, dict) or not isinstance(entry.get("shape"), list):
+        if key == "__metadata__" or not isinstance(entry, dict) or (skip is not None and skip(key)):
             continue
-        count = 1
-        for dim in entry["shape"]:
-            count *= dim if isinstance(dim, int) else 0
-        total += count
+        shape = entry.get("shape")
+        if isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            total += math.prod(shape)
     return total
+
+
+def _count_parameters(folder: Path) -> int | None:
+    """The number of values in a checkpoint's model.safetensors, from its header alone."""
+    header = safetensors_header(folder / MODEL_FILE)
+    return tensor_values(header) if header is not None else None
 
 
 def _read_state_extra(folder: Path) -> dict[str, Any] | None:
